@@ -1,0 +1,25 @@
+"""rediff: diffusion and score-based generative models, checked against closed-form truth.
+
+from rediff import schedules, data
+sched = schedules.DiscreteVP.linear(1000, beta_start=1e-4, beta_end=0.02)
+den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
+model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
+"""
+
+from rediff import data, parametrization, schedules
+from rediff.model import Denoiser, DiffusionModel, TimeInput
+from rediff.parametrization import Prediction, Target, convert
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser",
+    "DiffusionModel",
+    "Prediction",
+    "Target",
+    "TimeInput",
+    "convert",
+    "data",
+    "parametrization",
+    "schedules",
+]

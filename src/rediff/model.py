@@ -1,0 +1,115 @@
+"""The Denoiser interface, and ``DiffusionModel``: any network wrapped into a Denoiser.
+
+A Denoiser maps (x_t, t, **cond) to x0_hat, the estimate of E[x0 | x_t], and carries the
+``schedule`` whose times it takes. Samplers, guidance and likelihood code consume Denoisers
+only, so a trained network and the exact Gaussian-mixture denoiser are interchangeable.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from rediff._tensor import Tensor, batch_time, expand_to
+from rediff.parametrization import Prediction, Target, convert, input_scale
+from rediff.schedules import DiscreteVP, Schedule
+
+
+class Denoiser(ABC):
+    """x0_hat = D(x_t, t, **cond) for x_t: [B, *D], t a scalar or [B] in the schedule's domain."""
+
+    schedule: Schedule
+
+    @abstractmethod
+    def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Return x0_hat, shaped and typed like ``x_t``."""
+
+    def predict(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Prediction:
+        """Evaluate once and return every target (``.x0``, ``.eps``, ``.score``, ``.v``)."""
+        t = batch_time(t, x_t)
+        x0 = self(x_t, t, **cond)
+        return Prediction(x_t, x0, self.schedule.alpha(t), self.schedule.sigma(t))
+
+
+class TimeInput(str, Enum):
+    """What the network receives as its time input.
+
+    - ``t``: the schedule's own time t (for EDM, the noise level);
+    - ``step``: DDPM's step index T t - 1, in [0, T - 1] at the integer steps (the
+      convention of DDPM code and diffusers' ``timesteps``; DiscreteVP only);
+    - ``c_noise``: EDM's log(noise_level) / 4 (Karras et al. 2022, table 1).
+    """
+
+    T = "t"
+    STEP = "step"
+    C_NOISE = "c_noise"
+
+    @classmethod
+    def parse(cls, value: TimeInput | str) -> TimeInput:
+        """``value`` as a TimeInput, or a ValueError listing the valid names."""
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"unknown time input {value!r}; valid time inputs: {valid}") from None
+
+
+class DiffusionModel(nn.Module, Denoiser):
+    """Wrap ``net(x, time, **cond) -> prediction`` into a Denoiser.
+
+    The network predicts ``target`` (eps, x0, score, v or EDM's F); the wrapper scales its
+    input (EDM's c_in, 1 otherwise), feeds it the chosen time input, and converts its
+    output to x0_hat with ``rediff.parametrization.convert``.
+
+    Args:
+        net: any module called as ``net(x [B, *D], time [B], **cond)``, returning [B, *D].
+        schedule: the forward process the model was (or will be) trained on.
+        target: ``"eps"`` (default), ``"x0"``, ``"score"``, ``"v"`` or ``"edm"``.
+        time_input: ``"t"`` (default), ``"step"`` (DiscreteVP only) or ``"c_noise"``.
+        sigma_data: data standard deviation for the ``edm`` target.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        target: Target | str = Target.EPS,
+        time_input: TimeInput | str = TimeInput.T,
+        sigma_data: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a rediff Schedule, got {type(schedule).__name__}")
+        self.net = net
+        self.schedule = schedule
+        self.target = Target.parse(target)
+        self.time_input = TimeInput.parse(time_input)
+        if self.time_input is TimeInput.STEP and not isinstance(schedule, DiscreteVP):
+            raise ValueError(
+                "time_input='step' needs a DiscreteVP schedule (it has integer steps); "
+                f"got {type(schedule).__name__}: use time_input='t' or 'c_noise'"
+            )
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def time_feature(self, t: Tensor) -> Tensor:
+        """The network's time input for float64 times t: [B] (see ``TimeInput``)."""
+        if self.time_input is TimeInput.STEP:
+            return t * self.schedule.num_steps - 1.0
+        if self.time_input is TimeInput.C_NOISE:
+            return 0.25 * torch.log(self.schedule.noise_level(t))
+        return t
+
+    def forward(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """x0_hat for x_t: [B, *D], t a scalar or [B]."""
+        t = self.schedule.check_t(batch_time(t, x_t))
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        scale = input_scale(self.target, alpha, sigma, self.sigma_data)
+        feature_dtype = torch.promote_types(x_t.dtype, torch.float32)
+        out = self.net(expand_to(scale, x_t) * x_t, self.time_feature(t).to(feature_dtype), **cond)
+        return convert(out, x_t, alpha, sigma, self.target, Target.X0, sigma_data=self.sigma_data)

@@ -1,0 +1,233 @@
+"""The forward process shared by every schedule.
+
+Every schedule defines the Gaussian marginal (Kingma et al. 2021, "Variational Diffusion
+Models", eq. 1; Song et al. 2021, "Score-Based Generative Modeling through SDEs", eq. 5)
+
+    q(x_t | x0) = N(alpha(t) x0, sigma(t)^2 I),    x_t = alpha(t) x0 + sigma(t) eps,
+
+and, equivalently, the linear Ito SDE  dx = f(t) x dt + g(t) dw  with (Kingma et al. 2021,
+appendix A.1; Song et al. 2021, eq. 5-6)
+
+    f(t)   = d log alpha / dt,
+    g(t)^2 = d sigma^2 / dt - 2 f(t) sigma^2 = 2 sigma^2 (d log sigma / dt - d log alpha / dt).
+
+A subclass supplies only ``log alpha``, ``log sigma``, their time derivatives, the inverse of
+``log_snr`` and the prior's standard deviation; everything else is derived here once, in
+float64. Times are validated against ``[t_min, t_max]``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from rediff._tensor import Tensor, batch_time, expand_to, sum_except_batch
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _as_float64(value: Tensor | float) -> Tensor:
+    """``value`` as a float64 tensor on its own device (CPU for Python numbers)."""
+    if isinstance(value, Tensor):
+        return value.to(torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+def _tolerance(value: Tensor | float) -> float:
+    """Relative slack for range checks: a few ulps of the caller's dtype.
+
+    A time grid built in float64 and rounded to float32 (1e-5 -> 9.99999975e-06) must still
+    pass a check against ``t_min``; anything further out is a genuine error.
+    """
+    dtype = value.dtype if isinstance(value, Tensor) and value.is_floating_point() else None
+    return 8.0 * torch.finfo(dtype or torch.float64).eps
+
+
+def _checked_range(name: str, value: Tensor | float, low: float, high: float, fix: str) -> Tensor:
+    """Return ``value`` in float64, clamped to [low, high] after rejecting what lies outside.
+
+    Raises:
+        ValueError: naming the offending range and how to fix it when any element lies
+            outside [low, high] by more than rounding, or is NaN.
+    """
+    v = _as_float64(value)
+    slack = _tolerance(value) * max(abs(low), abs(high), 1e-300)
+    bad = torch.isnan(v) | (v < low - slack) | (v > high + slack)
+    if bool(bad.any()):
+        worst = v[bad].flatten()[0].item()
+        raise ValueError(f"{name} = {worst!r} lies outside [{low!r}, {high!r}]; {fix}")
+    return v.clamp(low, high)
+
+
+class Schedule(ABC):
+    """A forward process x_t = alpha(t) x0 + sigma(t) eps on t in [t_min, t_max].
+
+    Subclasses are frozen dataclasses: a schedule never changes after construction.
+
+    Shapes: ``t`` is a Python number or a tensor of any shape for the coefficient methods
+    (``alpha``, ``sigma``, ...), which act element-wise and return float64; data-valued
+    methods take ``x: [B, *D]`` with ``t`` a scalar or ``[B]``.
+    """
+
+    t_min: float
+    t_max: float
+
+    # ---- what a subclass defines (t already validated, float64) -------------------------
+    @abstractmethod
+    def _log_alpha(self, t: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _log_sigma(self, t: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _d_log_alpha(self, t: Tensor) -> Tensor:
+        """d log alpha / dt."""
+
+    @abstractmethod
+    def _d_log_sigma(self, t: Tensor) -> Tensor:
+        """d log sigma / dt."""
+
+    @abstractmethod
+    def _t_from_log_snr(self, log_snr: Tensor) -> Tensor: ...
+
+    @property
+    @abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation s of the prior N(0, s^2 I) that sampling starts from."""
+
+    # ---- validation ----------------------------------------------------------------------
+    def _validate_range(self) -> None:
+        """Check ``0 <= t_min < t_max`` (called by subclasses' ``__post_init__``)."""
+        if not (math.isfinite(self.t_min) and math.isfinite(self.t_max)):
+            raise ValueError(f"t_min and t_max must be finite, got {self.t_min}, {self.t_max}")
+        if not 0.0 <= self.t_min < self.t_max:
+            raise ValueError(f"need 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+
+    def check_t(self, t: Tensor | float) -> Tensor:
+        """``t`` as float64 after checking it lies in [t_min, t_max] (rounding allowed)."""
+        return _checked_range(
+            f"t for {type(self).__name__}",
+            t,
+            self.t_min,
+            self.t_max,
+            "pass times within the schedule's [t_min, t_max]",
+        )
+
+    # ---- coefficients (float64, element-wise in t) ---------------------------------------
+    def log_alpha(self, t: Tensor | float) -> Tensor:
+        """log alpha(t)."""
+        return self._log_alpha(self.check_t(t))
+
+    def log_sigma(self, t: Tensor | float) -> Tensor:
+        """log sigma(t)."""
+        return self._log_sigma(self.check_t(t))
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        """Signal scale alpha(t) of q(x_t | x0)."""
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        """Noise standard deviation sigma(t) of q(x_t | x0)."""
+        return torch.exp(self.log_sigma(t))
+
+    def log_snr(self, t: Tensor | float) -> Tensor:
+        """log-SNR lambda(t) = log(alpha^2 / sigma^2) = 2 (log alpha - log sigma); decreasing."""
+        t = self.check_t(t)
+        return 2.0 * (self._log_alpha(t) - self._log_sigma(t))
+
+    def noise_level(self, t: Tensor | float) -> Tensor:
+        """sigma(t) / alpha(t): EDM's and k-diffusion's "sigma" (Karras et al. 2022, eq. 4)."""
+        t = self.check_t(t)
+        return torch.exp(self._log_sigma(t) - self._log_alpha(t))
+
+    def t_from_log_snr(self, log_snr: Tensor | float) -> Tensor:
+        """Inverse of ``log_snr``: the t in [t_min, t_max] with lambda(t) = log_snr."""
+        low = float(self.log_snr(self.t_max))
+        high = float(self.log_snr(self.t_min))
+        checked = _checked_range(
+            f"log_snr for {type(self).__name__}",
+            log_snr,
+            low,
+            high,
+            "pass log-SNR values between log_snr(t_max) and log_snr(t_min)",
+        )
+        return self._t_from_log_snr(checked).clamp(self.t_min, self.t_max)
+
+    # ---- the SDE --------------------------------------------------------------------------
+    def drift_coef(self, t: Tensor | float) -> Tensor:
+        """f(t) = d log alpha / dt, so that the SDE drift is f(t) x."""
+        return self._d_log_alpha(self.check_t(t))
+
+    def diffusion_squared(self, t: Tensor | float) -> Tensor:
+        """g(t)^2 = 2 sigma^2 (d log sigma/dt - d log alpha/dt) = -sigma^2 d lambda/dt."""
+        t = self.check_t(t)
+        sigma2 = torch.exp(2.0 * self._log_sigma(t))
+        return 2.0 * sigma2 * (self._d_log_sigma(t) - self._d_log_alpha(t))
+
+    def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """SDE drift f(t) x for x: [B, *D], t scalar or [B]."""
+        return expand_to(self.drift_coef(batch_time(t, x)), x) * x
+
+    # ---- data-valued ----------------------------------------------------------------------
+    def marginal(
+        self,
+        x0: Tensor,
+        t: Tensor | float,
+        noise: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample x_t = alpha(t) x0 + sigma(t) noise from q(x_t | x0).
+
+        Args:
+            x0: clean data [B, *D].
+            t: a scalar or [B].
+            noise: eps [B, *D]; drawn from N(0, I) with ``generator`` when omitted.
+        """
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        elif noise.shape != x0.shape:
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}; "
+                "they must match"
+            )
+        t = batch_time(t, x0)
+        return expand_to(self.alpha(t), x0) * x0 + expand_to(self.sigma(t), x0) * noise
+
+    def prior_sample(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw x_T ~ N(0, prior_std^2 I) of the given shape."""
+        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return self.prior_std * z
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """log N(x; 0, prior_std^2 I) summed over all but the batch dimension: [B, *D] -> [B]."""
+        s = self.prior_std
+        x64 = x.to(torch.float64) / s
+        per_dim = -0.5 * x64.square() - math.log(s) - 0.5 * _LOG_2PI
+        return sum_except_batch(per_dim)
+
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        """KL(q(x_{t_max} | x0) || prior) in nats per sample: DDPM's L_T term.
+
+        For q = N(alpha x0, sigma^2 I) and prior N(0, s^2 I), per dimension
+        (Ho et al. 2020, eq. 5, L_T):
+
+            KL = log(s / sigma) + (sigma^2 - s^2 + alpha^2 x0^2) / (2 s^2).
+        """
+        log_alpha = self.log_alpha(self.t_max)
+        log_sigma = self.log_sigma(self.t_max)
+        s = self.prior_std
+        alpha2 = torch.exp(2.0 * log_alpha)
+        sigma2 = torch.exp(2.0 * log_sigma)
+        x64 = x0.to(torch.float64)
+        per_dim = (math.log(s) - log_sigma) + (sigma2 - s * s + alpha2 * x64.square()) / (2 * s * s)
+        return sum_except_batch(per_dim)
