@@ -53,7 +53,7 @@ def plot_forward_2d(path: Path, generator: torch.Generator, n_points: int = 2000
         for c, t in enumerate(times_at_even_log_snr(sched, n_cols)):
             ax = axes[r, c]
             x_t = sched.marginal(x0, float(t), noise)
-            ax.scatter(x_t[:, 0], x_t[:, 1], s=1, alpha=0.5)
+            ax.scatter(x_t[:, 0].numpy(), x_t[:, 1].numpy(), s=1, alpha=0.5)
             ax.set_title(f"t={float(t):.3g}  logSNR={float(sched.log_snr(t)):.1f}", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -77,10 +77,10 @@ def plot_forward_digits(path: Path, generator: torch.Generator) -> Path:
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
     fig, axes = plt.subplots(10, len(steps) + 1, figsize=(1.1 * (len(steps) + 1), 11))
     for r in range(10):
-        axes[r, 0].imshow(x0[r, 0], cmap="gray", vmin=-1, vmax=1)
+        axes[r, 0].imshow(x0[r, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
         for c, k in enumerate(steps, start=1):
             x_t = sched.marginal(x0[r : r + 1], k / sched.num_steps, noise[r : r + 1])
-            axes[r, c].imshow(x_t[0, 0].clamp(-1, 1), cmap="gray", vmin=-1, vmax=1)
+            axes[r, c].imshow(x_t[0, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
     axes[0, 0].set_title("x0", fontsize=8)
     for c, k in enumerate(steps, start=1):
         axes[0, c].set_title(f"k={k}", fontsize=8)
@@ -101,7 +101,7 @@ def plot_log_snr(path: Path) -> Path:
     for name, sched in SCHEDULES.items():
         t = torch.linspace(sched.t_min, sched.t_max, 400, dtype=torch.float64)
         ax = right if isinstance(sched, schedules.EDM) else left
-        ax.plot(t, sched.log_snr(t), label=name)
+        ax.plot(t.numpy(), sched.log_snr(t).numpy(), label=name)
     left.set_xlabel("t")
     left.set_ylabel("log SNR = log(alpha^2 / sigma^2)")
     left.set_title("schedules on t in [t_min, 1]")

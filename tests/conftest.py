@@ -1,0 +1,41 @@
+"""Shared fixtures: every schedule, with its default parameters and a few variants."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rediff import schedules
+
+SCHEDULES = {
+    "ddpm-linear": lambda: schedules.DiscreteVP.linear(1000, beta_start=1e-4, beta_end=0.02),
+    "ddpm-cosine": lambda: schedules.DiscreteVP.cosine(1000, s=0.008),
+    "ddpm-short": lambda: schedules.DiscreteVP.linear(10, beta_start=0.05, beta_end=0.5),
+    "vp": lambda: schedules.LinearVP(beta_min=0.1, beta_max=20.0),
+    "subvp": lambda: schedules.SubVP(beta_min=0.1, beta_max=20.0),
+    "ve": lambda: schedules.VE(sigma_min=0.01, sigma_max=50.0),
+    "edm": lambda: schedules.EDM(sigma_min=0.002, sigma_max=80.0),
+}
+
+
+@pytest.fixture(params=list(SCHEDULES), ids=list(SCHEDULES))
+def schedule(request):
+    return SCHEDULES[request.param]()
+
+
+def interior_times(schedule, n: int = 64, margin: float = 0.01) -> torch.Tensor:
+    """n float64 times strictly inside [t_min, t_max], geometric for EDM's wide range."""
+    lo, hi = schedule.t_min, schedule.t_max
+    if isinstance(schedule, schedules.EDM):
+        return torch.logspace(
+            math.log10(lo) + margin, math.log10(hi) - margin, n, dtype=torch.float64
+        )
+    span = hi - lo
+    return torch.linspace(lo + margin * span, hi - margin * span, n, dtype=torch.float64)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
