@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rediff import schedules
+from rediff.parametrization import Target
 
 SCHEDULES = {
     "ddpm-linear": lambda: schedules.DiscreteVP.linear(1000, beta_start=1e-4, beta_end=0.02),
@@ -39,3 +40,22 @@ def interior_times(schedule, n: int = 64, margin: float = 0.01) -> torch.Tensor:
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+def target_definitions(x0, eps, x_t, alpha, sigma, sigma_data):
+    """Every target from its definition in the papers, independent of rediff's table.
+
+    ``alpha`` and ``sigma`` are [B]; data are [B, *D].
+    """
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a, s = alpha.reshape(shape), sigma.reshape(shape)
+    level = s / a
+    c_skip = sigma_data**2 / (level**2 + sigma_data**2)
+    c_out = level * sigma_data / torch.sqrt(level**2 + sigma_data**2)
+    return {
+        Target.X0: x0,
+        Target.EPS: eps,
+        Target.SCORE: -eps / s,  # grad_x log N(x; a x0, s^2 I) = -(x - a x0) / s^2
+        Target.V: a * eps - s * x0,  # Salimans & Ho (2022)
+        Target.EDM: (x0 - c_skip * x_t / a) / c_out,  # Karras et al. (2022), eq. 7
+    }

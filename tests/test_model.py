@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import SCHEDULES, interior_times
+from conftest import SCHEDULES, interior_times, target_definitions
 from torch import nn
 
 import rediff
@@ -30,21 +30,6 @@ class Replay(nn.Module):
         return self.scale * self.output
 
 
-def exact_target(target, x0, eps, x_t, alpha, sigma, sigma_data):
-    """The target's definition from known (x0, eps) (see test_parametrization)."""
-    a, s = alpha[:, None], sigma[:, None]
-    level = s / a
-    c_skip = sigma_data**2 / (level**2 + sigma_data**2)
-    c_out = level * sigma_data / torch.sqrt(level**2 + sigma_data**2)
-    return {
-        Target.X0: x0,
-        Target.EPS: eps,
-        Target.SCORE: -eps / s,
-        Target.V: a * eps - s * x0,
-        Target.EDM: (x0 - c_skip * x_t / a) / c_out,
-    }[target]
-
-
 @pytest.mark.parametrize("target", list(Target), ids=str)
 def test_exact_prediction_gives_exact_x0_for_every_schedule(schedule, target):
     gen = torch.Generator().manual_seed(5)
@@ -53,7 +38,7 @@ def test_exact_prediction_gives_exact_x0_for_every_schedule(schedule, target):
     x0 = torch.randn(6, 4, generator=gen, dtype=F64)
     eps = torch.randn(6, 4, generator=gen, dtype=F64)
     x_t = alpha[:, None] * x0 + sigma[:, None] * eps
-    net = Replay(exact_target(target, x0, eps, x_t, alpha, sigma, 0.5))
+    net = Replay(target_definitions(x0, eps, x_t, alpha, sigma, 0.5)[target])
     model = DiffusionModel(net, schedule, target=target, sigma_data=0.5)
     x0_hat = model(x_t, t)
     torch.testing.assert_close(x0_hat, x0, rtol=1e-9, atol=1e-9)

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import target_definitions
 
 from rediff.parametrization import Prediction, Target, coefficients, convert, input_scale
 
@@ -27,18 +28,7 @@ def state():
 
 
 def definitions(alpha, sigma, x0, eps, x_t):
-    """Each target from its definition in the papers, independently of the module's table."""
-    a, s = alpha[:, None, None], sigma[:, None, None]
-    noise_level = s / a
-    c_skip = SIGMA_DATA**2 / (noise_level**2 + SIGMA_DATA**2)
-    c_out = noise_level * SIGMA_DATA / torch.sqrt(noise_level**2 + SIGMA_DATA**2)
-    return {
-        Target.X0: x0,
-        Target.EPS: eps,
-        Target.SCORE: -eps / s,  # grad_x log N(x; a x0, s^2 I) = -(x - a x0)/s^2
-        Target.V: a * eps - s * x0,  # Salimans & Ho (2022)
-        Target.EDM: (x0 - c_skip * x_t / a) / c_out,  # Karras et al. (2022), eq. 7
-    }
+    return target_definitions(x0, eps, x_t, alpha, sigma, SIGMA_DATA)
 
 
 def test_convert_from_x0_matches_each_definition(state):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rediff._choices import parse_choice
 from rediff._tensor import Tensor, batch_time, expand_to
 from rediff.parametrization import Prediction, Target, convert, input_scale
 from rediff.schedules import DiscreteVP, Schedule
@@ -51,11 +52,7 @@ class TimeInput(str, Enum):
     @classmethod
     def parse(cls, value: TimeInput | str) -> TimeInput:
         """``value`` as a TimeInput, or a ValueError listing the valid names."""
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unknown time input {value!r}; valid time inputs: {valid}") from None
+        return parse_choice(cls, value, "time input")
 
 
 class DiffusionModel(nn.Module, Denoiser):

@@ -32,6 +32,7 @@ from enum import Enum
 
 import torch
 
+from rediff._choices import parse_choice
 from rediff._tensor import Tensor, expand_to
 
 
@@ -47,13 +48,7 @@ class Target(str, Enum):
     @classmethod
     def parse(cls, value: Target | str) -> Target:
         """``value`` as a Target, or a ValueError listing the valid names."""
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(
-                f"unknown prediction target {value!r}; valid targets: {valid}"
-            ) from None
+        return parse_choice(cls, value, "prediction target")
 
 
 def _edm_scalings(alpha: Tensor, sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor]:
