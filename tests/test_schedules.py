@@ -261,6 +261,27 @@ def test_times_outside_range_are_refused(schedule):
         schedule.t_from_log_snr(float(schedule.log_snr(schedule.t_min)) + 1.0)
 
 
+def test_time_zero_is_clean_data(schedule):
+    """t = 0 is accepted by every schedule and means alpha = 1, sigma = 0 (the final jump)."""
+    t = torch.tensor([0.0, schedule.t_min], dtype=F64)
+    assert schedule.alpha(t)[0] == 1 and schedule.sigma(t)[0] == 0
+    assert schedule.log_snr(t)[0] == math.inf and schedule.noise_level(t)[0] == 0
+    assert schedule.t_from_log_snr(torch.tensor([math.inf]))[0] == 0
+    assert schedule.t_from_noise_level(0.0) == 0
+    x0 = torch.randn(2, 3)
+    torch.testing.assert_close(schedule.marginal(x0, 0.0), x0)
+    with pytest.raises(ValueError, match="outside"):
+        schedule.diffusion_squared(0.0)
+    if schedule.t_min > 1e-4:  # a time strictly between 0 and t_min is refused
+        with pytest.raises(ValueError, match="outside"):
+            schedule.alpha(schedule.t_min / 2)
+
+
+def test_t_from_noise_level_inverts_noise_level(schedule):
+    t = interior_times(schedule)
+    torch.testing.assert_close(schedule.t_from_noise_level(schedule.noise_level(t)), t)
+
+
 def test_float32_rounding_of_the_endpoints_is_accepted(schedule):
     t = torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float32)
     alpha = schedule.alpha(t)
@@ -274,6 +295,7 @@ def test_float32_rounding_of_the_endpoints_is_accepted(schedule):
         (lambda: LinearVP(beta_min=-1.0), "beta_min"),
         (lambda: LinearVP(beta_min=5.0, beta_max=1.0), "beta_max"),
         (lambda: SubVP(t_min=0.5, t_max=0.1), "t_min < t_max"),
+        (lambda: VE(t_min=0.0), r"\(t = 0 means clean data\)"),
         (lambda: VE(sigma_min=5.0, sigma_max=1.0), "sigma_min < sigma_max"),
         (lambda: EDM(sigma_min=0.0), "sigma_min"),
         (lambda: VE(t_max=float("inf")), "finite"),

@@ -5,8 +5,10 @@
 | `DiscreteVP` | DDPM, linear / cosine / any betas     | [1/T, 1]             | N(0, I)      |
 | `LinearVP`   | VP SDE (continuous DDPM)              | [t_min=1e-5, 1]      | N(0, I)      |
 | `SubVP`      | sub-VP SDE                            | [t_min=1e-5, 1]      | N(0, I)      |
-| `VE`         | NCSN / SMLD, geometric sigmas         | [t_min=0, 1]         | N(0, s_max^2)|
+| `VE`         | NCSN / SMLD, geometric sigmas         | [t_min=1e-5, 1]      | N(0, s_max^2)|
 | `EDM`        | sigma(t) = t                          | [sigma_min, sigma_max]| N(0, s_max^2)|
+
+Every schedule also accepts t = 0 exactly, meaning clean data (alpha = 1, sigma = 0).
 """
 
 from rediff.schedules.base import Schedule

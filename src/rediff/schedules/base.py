@@ -13,7 +13,10 @@ appendix A.1; Song et al. 2021, eq. 5-6)
 
 A subclass supplies only ``log alpha``, ``log sigma``, their time derivatives, the inverse of
 ``log_snr`` and the prior's standard deviation; everything else is derived here once, in
-float64. Times are validated against ``[t_min, t_max]``.
+float64. Times are validated against ``[t_min, t_max]``; the single value ``t = 0`` is also
+accepted and means clean data (alpha = 1, sigma = 0, log_snr = +inf) for every schedule, so a
+time grid can end with an explicit jump to sigma = 0. For VE this is a jump: sigma(t_min) is
+about sigma_min, sigma(0) is 0.
 """
 
 from __future__ import annotations
@@ -45,8 +48,11 @@ def _tolerance(value: Tensor | float) -> float:
     return 8.0 * torch.finfo(dtype or torch.float64).eps
 
 
-def _checked_range(name: str, value: Tensor | float, low: float, high: float, fix: str) -> Tensor:
-    """Return ``value`` in float64, clamped to [low, high] after rejecting what lies outside.
+def _checked_range(
+    name: str, value: Tensor | float, low: float, high: float, fix: str, allow_zero: bool = False
+) -> Tensor:
+    """Return ``value`` in float64, clamped to [low, high] after rejecting what lies outside
+    (with ``allow_zero``, an exact 0 is also accepted and kept).
 
     Raises:
         ValueError: naming the offending range and how to fix it when any element lies
@@ -55,10 +61,13 @@ def _checked_range(name: str, value: Tensor | float, low: float, high: float, fi
     v = _as_float64(value)
     slack = _tolerance(value) * max(abs(low), abs(high), 1e-300)
     bad = torch.isnan(v) | (v < low - slack) | (v > high + slack)
+    if allow_zero:
+        bad = bad & (v != 0)
     if bool(bad.any()):
         worst = v[bad].flatten()[0].item()
         raise ValueError(f"{name} = {worst!r} lies outside [{low!r}, {high!r}]; {fix}")
-    return v.clamp(low, high)
+    clamped = v.clamp(low, high)
+    return torch.where(v == 0, v, clamped) if allow_zero else clamped
 
 
 class Schedule(ABC):
@@ -105,24 +114,29 @@ class Schedule(ABC):
         if not 0.0 <= self.t_min < self.t_max:
             raise ValueError(f"need 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
 
-    def check_t(self, t: Tensor | float) -> Tensor:
-        """``t`` as float64 after checking it lies in [t_min, t_max] (rounding allowed)."""
+    def check_t(self, t: Tensor | float, allow_zero: bool = True) -> Tensor:
+        """``t`` as float64 after checking it is in [t_min, t_max] (rounding allowed) or, with
+        ``allow_zero``, exactly 0 (clean data)."""
         return _checked_range(
             f"t for {type(self).__name__}",
             t,
             self.t_min,
             self.t_max,
-            "pass times within the schedule's [t_min, t_max]",
+            "pass times within the schedule's [t_min, t_max]"
+            + (", or 0 for clean data" if allow_zero else ""),
+            allow_zero=allow_zero,
         )
 
     # ---- coefficients (float64, element-wise in t) ---------------------------------------
     def log_alpha(self, t: Tensor | float) -> Tensor:
-        """log alpha(t)."""
-        return self._log_alpha(self.check_t(t))
+        """log alpha(t); 0 at t = 0."""
+        t = self.check_t(t)
+        return torch.where(t == 0, 0.0, self._log_alpha(t))
 
     def log_sigma(self, t: Tensor | float) -> Tensor:
-        """log sigma(t)."""
-        return self._log_sigma(self.check_t(t))
+        """log sigma(t); -inf at t = 0."""
+        t = self.check_t(t)
+        return torch.where(t == 0, -math.inf, self._log_sigma(t))
 
     def alpha(self, t: Tensor | float) -> Tensor:
         """Signal scale alpha(t) of q(x_t | x0)."""
@@ -133,36 +147,44 @@ class Schedule(ABC):
         return torch.exp(self.log_sigma(t))
 
     def log_snr(self, t: Tensor | float) -> Tensor:
-        """log-SNR lambda(t) = log(alpha^2 / sigma^2) = 2 (log alpha - log sigma); decreasing."""
-        t = self.check_t(t)
-        return 2.0 * (self._log_alpha(t) - self._log_sigma(t))
+        """log-SNR lambda(t) = log(alpha^2 / sigma^2) = 2 (log alpha - log sigma); decreasing,
+        +inf at t = 0."""
+        return 2.0 * (self.log_alpha(t) - self.log_sigma(t))
 
     def noise_level(self, t: Tensor | float) -> Tensor:
         """sigma(t) / alpha(t): EDM's and k-diffusion's "sigma" (Karras et al. 2022, eq. 4)."""
-        t = self.check_t(t)
-        return torch.exp(self._log_sigma(t) - self._log_alpha(t))
+        return torch.exp(self.log_sigma(t) - self.log_alpha(t))
 
     def t_from_log_snr(self, log_snr: Tensor | float) -> Tensor:
-        """Inverse of ``log_snr``: the t in [t_min, t_max] with lambda(t) = log_snr."""
+        """Inverse of ``log_snr``: the t in [t_min, t_max] with lambda(t) = log_snr (and t = 0
+        for log_snr = +inf)."""
         low = float(self.log_snr(self.t_max))
         high = float(self.log_snr(self.t_min))
+        value = _as_float64(log_snr)
+        data = value == math.inf
         checked = _checked_range(
             f"log_snr for {type(self).__name__}",
-            log_snr,
+            torch.where(data, high, value),
             low,
             high,
-            "pass log-SNR values between log_snr(t_max) and log_snr(t_min)",
+            "pass log-SNR values between log_snr(t_max) and log_snr(t_min), or +inf for data",
         )
-        return self._t_from_log_snr(checked).clamp(self.t_min, self.t_max)
+        t = self._t_from_log_snr(checked).clamp(self.t_min, self.t_max)
+        return torch.where(data, 0.0, t)
+
+    def t_from_noise_level(self, noise_level: Tensor | float) -> Tensor:
+        """Inverse of ``noise_level`` (0 maps to t = 0): t with sigma(t)/alpha(t) = noise_level."""
+        return self.t_from_log_snr(-2.0 * torch.log(_as_float64(noise_level)))
 
     # ---- the SDE --------------------------------------------------------------------------
     def drift_coef(self, t: Tensor | float) -> Tensor:
-        """f(t) = d log alpha / dt, so that the SDE drift is f(t) x."""
-        return self._d_log_alpha(self.check_t(t))
+        """f(t) = d log alpha / dt, so that the SDE drift is f(t) x (t in [t_min, t_max])."""
+        return self._d_log_alpha(self.check_t(t, allow_zero=False))
 
     def diffusion_squared(self, t: Tensor | float) -> Tensor:
-        """g(t)^2 = 2 sigma^2 (d log sigma/dt - d log alpha/dt) = -sigma^2 d lambda/dt."""
-        t = self.check_t(t)
+        """g(t)^2 = 2 sigma^2 (d log sigma/dt - d log alpha/dt) = -sigma^2 d lambda/dt
+        (t in [t_min, t_max])."""
+        t = self.check_t(t, allow_zero=False)
         sigma2 = torch.exp(2.0 * self._log_sigma(t))
         return 2.0 * sigma2 * (self._d_log_sigma(t) - self._d_log_alpha(t))
 

@@ -49,7 +49,7 @@ class VE(_VarianceExploding):
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
-    t_min: float = 0.0
+    t_min: float = 1e-5
     t_max: float = 1.0
 
     def __post_init__(self) -> None:
