@@ -108,11 +108,15 @@ class Schedule(ABC):
 
     # ---- validation ----------------------------------------------------------------------
     def _validate_range(self) -> None:
-        """Check ``0 <= t_min < t_max`` (called by subclasses' ``__post_init__``)."""
+        """Check ``0 < t_min < t_max`` (called by subclasses' ``__post_init__``); t = 0 is
+        reserved for clean data."""
         if not (math.isfinite(self.t_min) and math.isfinite(self.t_max)):
             raise ValueError(f"t_min and t_max must be finite, got {self.t_min}, {self.t_max}")
-        if not 0.0 <= self.t_min < self.t_max:
-            raise ValueError(f"need 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
+        if not 0.0 < self.t_min < self.t_max:
+            raise ValueError(
+                f"need 0 < t_min < t_max (t = 0 means clean data), got t_min={self.t_min}, "
+                f"t_max={self.t_max}"
+            )
 
     def check_t(self, t: Tensor | float, allow_zero: bool = True) -> Tensor:
         """``t`` as float64 after checking it is in [t_min, t_max] (rounding allowed) or, with
