@@ -6,9 +6,10 @@ den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
 model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
 """
 
-from rediff import data, parametrization, schedules
+from rediff import data, grids, parametrization, samplers, schedules
 from rediff.model import Denoiser, DiffusionModel, TimeInput
 from rediff.parametrization import Prediction, Target, convert
+from rediff.sampling import Samples, sample
 
 __version__ = "0.1.0"
 
@@ -16,10 +17,14 @@ __all__ = [
     "Denoiser",
     "DiffusionModel",
     "Prediction",
+    "Samples",
     "Target",
     "TimeInput",
     "convert",
     "data",
+    "grids",
     "parametrization",
+    "sample",
+    "samplers",
     "schedules",
 ]

@@ -1,0 +1,140 @@
+"""Time grids: where a sampler evaluates the denoiser (DESIGN.md: a grid is data).
+
+A grid is a 1-D float64 tensor of times, strictly decreasing from t_max. With
+``final_step=True`` (default) it ends with ``0``: the explicit final jump to clean data
+(sigma = 0), which every sampler takes by returning its last x0_hat. Then ``steps`` grid
+points lie in [t_min, t_max] and the grid has ``steps + 1`` entries; without the final step,
+``steps + 1`` points lie in [t_min, t_max] and sampling stops at t_min.
+
+| spacing     | points                                                                 |
+|-------------|------------------------------------------------------------------------|
+| `uniform`   | uniform in t                                                            |
+| `logsnr`    | uniform in log-SNR (Lu et al. 2022, DPM-Solver, section 3.3)            |
+| `karras`    | noise levels (s_max^(1/rho) + u (s_min^(1/rho) - s_max^(1/rho)))^rho,   |
+|             | u uniform in [0, 1] (Karras et al. 2022, eq. 5)                        |
+| `quadratic` | t = t_min + (t_max - t_min) u^2 (Song et al. 2021, DDIM, appendix D.2)  |
+| `leading`   | DDPM integer steps k = 1 + j floor(T / n), j = n-1..0 (diffusers)       |
+| `trailing`  | DDPM integer steps k = round(T - j T / n), j = 0..n-1 (Lin et al. 2024) |
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+import torch
+
+from rediff._choices import parse_choice
+from rediff._tensor import Tensor
+from rediff.schedules import DiscreteVP, Schedule
+
+
+class Spacing(str, Enum):
+    """How grid points are spread between t_max and t_min."""
+
+    UNIFORM = "uniform"
+    LOGSNR = "logsnr"
+    KARRAS = "karras"
+    QUADRATIC = "quadratic"
+    LEADING = "leading"
+    TRAILING = "trailing"
+
+    @classmethod
+    def parse(cls, value: Spacing | str) -> Spacing:
+        """``value`` as a Spacing, or a ValueError listing the valid names."""
+        return parse_choice(cls, value, "spacing")
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+def _continuous(
+    schedule: Schedule, spacing: Spacing, n: int, t_min: float, t_max: float, rho: float
+) -> Tensor:
+    """n points from t_max down to t_min (both included) under a continuous spacing."""
+    u = torch.linspace(1.0, 0.0, n, dtype=torch.float64) if n > 1 else torch.ones(1).double()
+    if spacing is Spacing.UNIFORM:
+        return t_min + (t_max - t_min) * u
+    if spacing is Spacing.QUADRATIC:
+        return t_min + (t_max - t_min) * u.square()
+    if spacing is Spacing.LOGSNR:
+        lo, hi = schedule.log_snr(t_max), schedule.log_snr(t_min)
+        return schedule.t_from_log_snr(hi + (lo - hi) * u)
+    # Karras: interpolate noise_level^(1/rho) linearly
+    s_min = float(schedule.noise_level(t_min)) ** (1.0 / rho)
+    s_max = float(schedule.noise_level(t_max)) ** (1.0 / rho)
+    return schedule.t_from_noise_level((s_min + (s_max - s_min) * u) ** rho)
+
+
+def _integer(schedule: DiscreteVP, spacing: Spacing, n: int) -> Tensor:
+    """n DDPM steps k (as times k / T), largest first."""
+    T = schedule.num_steps
+    if n > T:
+        raise ValueError(f"{spacing.value!r} spacing needs steps <= T = {T}, got {n} points")
+    j = torch.arange(n, dtype=torch.float64)
+    leading = 1 + (n - 1 - j) * (T // n)
+    return (leading if spacing is Spacing.LEADING else torch.round(T - j * T / n)) / T
+
+
+def make(
+    schedule: Schedule,
+    steps: int,
+    spacing: Spacing | str = Spacing.LOGSNR,
+    *,
+    t_min: float | None = None,
+    t_max: float | None = None,
+    rho: float = 7.0,
+    final_step: bool = True,
+) -> Tensor:
+    """A decreasing float64 grid of times for ``steps`` sampler steps.
+
+    Args:
+        schedule: the forward process whose times the grid holds.
+        steps: number of steps (grid intervals), >= 1.
+        spacing: one of ``Spacing`` (see the module table).
+        t_min, t_max: the range covered (default: the schedule's own).
+        rho: Karras' exponent (7 in EDM).
+        final_step: end with t = 0, the jump to clean data (see the module docstring).
+    """
+    _check_steps(steps)
+    spacing = Spacing.parse(spacing)
+    t_min = schedule.t_min if t_min is None else float(t_min)
+    t_max = schedule.t_max if t_max is None else float(t_max)
+    schedule.check_t(torch.tensor([t_min, t_max], dtype=torch.float64), allow_zero=False)
+    if not t_min < t_max:
+        raise ValueError(f"need t_min < t_max, got t_min={t_min}, t_max={t_max}")
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho must be positive and finite, got {rho}")
+    n = steps if final_step else steps + 1
+    if spacing in (Spacing.LEADING, Spacing.TRAILING):
+        if not isinstance(schedule, DiscreteVP):
+            raise ValueError(
+                f"{spacing.value!r} spacing picks DDPM's integer steps and needs a DiscreteVP "
+                f"schedule, got {type(schedule).__name__}; use 'uniform', 'logsnr' or 'karras'"
+            )
+        ts = _integer(schedule, spacing, n)
+    else:
+        ts = _continuous(schedule, spacing, n, t_min, t_max, rho)
+    if final_step:
+        ts = torch.cat([ts, ts.new_zeros(1)])
+    return check(schedule, ts)
+
+
+def check(schedule: Schedule, ts: Tensor) -> Tensor:
+    """Validate a grid: 1-D, at least two times, strictly decreasing, within the schedule's
+    range, with t = 0 allowed only as the last entry. Returns it as float64 on the CPU."""
+    ts = torch.as_tensor(ts).detach().to("cpu", torch.float64)
+    if ts.ndim != 1 or ts.numel() < 2:
+        raise ValueError(
+            f"a time grid must be 1-D with at least 2 times, got shape {tuple(ts.shape)}"
+        )
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError(
+            f"a time grid must be strictly decreasing (from noise to data), got {ts.tolist()}"
+        )
+    if bool((ts[:-1] == 0).any()):
+        raise ValueError("t = 0 (clean data) may only be the last time of a grid")
+    schedule.check_t(ts)
+    return ts

@@ -1,0 +1,91 @@
+"""Samplers: every one is ``sampler(denoiser, x, ts, *, generator=None, callback=None,
+**options) -> x`` (DESIGN.md), a short loop over the grid ``ts`` (see ``rediff.grids``).
+
+| name (registry)          | function                          | evaluations per step |
+|--------------------------|-----------------------------------|----------------------|
+| `ddpm`                   | `ddpm` (variance beta / beta_tilde / analytic) | 1       |
+| `ddim`                   | `ddim` (eta)                      | 1                    |
+| `euler`                  | `euler` (probability-flow ODE)    | 1                    |
+| `heun`                   | `heun` (EDM, churn)               | 2 (1 into t = 0)     |
+| `euler_maruyama`         | `euler_maruyama` (reverse SDE)    | 1                    |
+| `pc`                     | `predictor_corrector`             | 1 + corrector_steps  |
+| `annealed_langevin`      | `annealed_langevin` (NCSN)        | steps_per_level      |
+| `ode`                    | `ode` (adaptive, torchdiffeq)     | adaptive             |
+| `dpm_solver1/2/3`        | `dpm_solver` (single-step)        | order                |
+| `dpm++2m`, `dpm++3m`     | `dpm_solver_pp` (multistep)       | 1                    |
+| `dpm++2m-sde`            | `dpm_solver_pp(sde=True)`         | 1                    |
+| `unipc`, `unipc3`        | `unipc` (order 2, 3)              | 1                    |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rediff.samplers._common import Step
+from rediff.samplers.analytic import GammaTable, estimate_gamma
+from rediff.samplers.ancestral import Variance, ddim, ddpm
+from rediff.samplers.dpm_solver import dpm_solver, dpm_solver_pp
+from rediff.samplers.ode import euler, heun, ode
+from rediff.samplers.sde import Predictor, annealed_langevin, euler_maruyama, predictor_corrector
+from rediff.samplers.unipc import unipc
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered sampler: its function, fixed options, and evaluations per grid step."""
+
+    function: Callable[..., Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    evals_per_step: int = 1
+
+
+REGISTRY: dict[str, Entry] = {
+    "ddpm": Entry(ddpm),
+    "ddim": Entry(ddim),
+    "euler": Entry(euler),
+    "heun": Entry(heun, evals_per_step=2),
+    "euler_maruyama": Entry(euler_maruyama),
+    "pc": Entry(predictor_corrector, evals_per_step=2),
+    "annealed_langevin": Entry(annealed_langevin, evals_per_step=5),
+    "ode": Entry(ode),
+    "dpm_solver1": Entry(dpm_solver, {"order": 1}),
+    "dpm_solver2": Entry(dpm_solver, {"order": 2}, evals_per_step=2),
+    "dpm_solver3": Entry(dpm_solver, {"order": 3}, evals_per_step=3),
+    "dpm++2m": Entry(dpm_solver_pp, {"order": 2}),
+    "dpm++3m": Entry(dpm_solver_pp, {"order": 3}),
+    "dpm++2m-sde": Entry(dpm_solver_pp, {"order": 2, "sde": True}),
+    "unipc": Entry(unipc, {"order": 2}),
+    "unipc3": Entry(unipc, {"order": 3}),
+}
+
+
+def get(name: str) -> Entry:
+    """The registry entry called ``name``, or a ValueError listing every valid name."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+__all__ = [
+    "REGISTRY",
+    "Entry",
+    "GammaTable",
+    "Predictor",
+    "Step",
+    "Variance",
+    "annealed_langevin",
+    "ddim",
+    "ddpm",
+    "dpm_solver",
+    "dpm_solver_pp",
+    "estimate_gamma",
+    "euler",
+    "euler_maruyama",
+    "get",
+    "heun",
+    "ode",
+    "predictor_corrector",
+    "unipc",
+]

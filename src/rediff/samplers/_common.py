@@ -1,0 +1,113 @@
+"""What every sampler shares: the grid's coordinates, the working dtype, noise, callbacks.
+
+Per-step coefficients are Python floats computed in float64 from log-space quantities (the
+grid lives on the CPU); x is updated in the caller's dtype, promoted to at least float32
+inside the loop (DESIGN.md, style rule 8).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rediff import grids
+from rediff._tensor import Tensor
+from rediff.model import Denoiser
+from rediff.parametrization import Target, convert
+
+
+@dataclass(frozen=True)
+class Point:
+    """A grid time with its coefficients (float64): alpha, sigma and lam = log(alpha / sigma)
+    (half the log-SNR, DPM-Solver's lambda). At t = 0: alpha = 1, sigma = 0, lam = +inf."""
+
+    t: float
+    alpha: float
+    sigma: float
+    lam: float
+
+    @property
+    def noise_level(self) -> float:
+        return self.sigma / self.alpha
+
+    @property
+    def is_data(self) -> bool:
+        return self.sigma == 0.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a callback receives after each step: the step's index, its two endpoints, the new
+    x and the last x0_hat the step computed."""
+
+    index: int
+    t: float
+    t_next: float
+    x: Tensor
+    x0_hat: Tensor
+
+
+Callback = Callable[[Step], None]
+
+
+def points(denoiser: Denoiser, ts: Tensor) -> list[Point]:
+    """Validate ``ts`` against the denoiser's schedule and return its coordinates."""
+    schedule = denoiser.schedule
+    ts = grids.check(schedule, ts)
+    alpha, sigma = schedule.alpha(ts).tolist(), schedule.sigma(ts).tolist()
+    lam = (0.5 * schedule.log_snr(ts)).tolist()
+    return [Point(*p) for p in zip(ts.tolist(), alpha, sigma, lam, strict=True)]
+
+
+def point_at(denoiser: Denoiser, t: float) -> Point:
+    """The coordinates of one time (for intermediate times of single-step solvers)."""
+    s = denoiser.schedule
+    return Point(t, float(s.alpha(t)), float(s.sigma(t)), float(0.5 * s.log_snr(t)))
+
+
+def point_at_lam(denoiser: Denoiser, lam: float) -> Point:
+    """The point with half-log-SNR ``lam`` (an intermediate time in log-SNR)."""
+    return point_at(denoiser, float(denoiser.schedule.t_from_log_snr(2.0 * lam)))
+
+
+def working(x: Tensor) -> Tensor:
+    """x promoted to at least float32 for the loop (bfloat16 and float16 inputs)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """N(0, I) noise shaped like x, drawn from ``generator`` (never the global RNG state when
+    a generator is given)."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def eps_from_x0(x: Tensor, x0_hat: Tensor, p: Point) -> Tensor:
+    """eps_hat = (x - alpha x0_hat) / sigma, through the one conversion module."""
+    return convert(x0_hat, x, p.alpha, p.sigma, Target.X0, Target.EPS)
+
+
+def notify(callback: Callback | None, i: int, p: Point, q: Point, x: Tensor, x0: Tensor) -> None:
+    if callback is not None:
+        callback(Step(i, p.t, q.t, x, x0))
+
+
+def expm1_neg(h: float) -> float:
+    """1 - exp(-h) for h in (0, inf], exact at h = inf (the jump to sigma = 0)."""
+    return -math.expm1(-h)
+
+
+def sigma_ratio(p: Point, q: Point) -> float:
+    """sigma_q / sigma_p, 0 when q is clean data."""
+    return q.sigma / p.sigma
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    """A finite, positive (or, with ``allow_zero``, non-negative) option, else a ValueError."""
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return float(value)

@@ -1,0 +1,177 @@
+"""DPM-Solver (noise prediction, single-step, orders 1-3) and DPM-Solver++ (data prediction,
+multistep 2M / 3M, and its SDE variant).
+
+Both integrate the probability-flow ODE exactly in its linear part, in lam = log(alpha /
+sigma) with h = lam_q - lam_p (Lu et al. 2022, "DPM-Solver", eq. 3.4; Lu et al. 2022b,
+"DPM-Solver++", eq. 8):
+
+    x_q = (alpha_q / alpha_p) x_p - sigma_q int e^{-lam} eps(lam) dlam       (noise form)
+    x_q = (sigma_q / sigma_p) x_p + alpha_q int e^{lam - lam_q} D(lam) dlam  (data form)
+
+and approximate eps or D by Taylor expansions. A step into t = 0 (h = inf) returns x0_hat:
+the data form's first-order limit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from rediff._tensor import Tensor
+from rediff.model import Denoiser
+from rediff.samplers._common import (
+    Callback,
+    Point,
+    eps_from_x0,
+    expm1_neg,
+    noise_like,
+    notify,
+    point_at_lam,
+    points,
+    working,
+)
+
+# ---- DPM-Solver (noise prediction, single-step) ---------------------------------------------
+
+
+def _eps(denoiser: Denoiser, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
+    x0 = denoiser(x, p.t)
+    return eps_from_x0(x, x0, p), x0
+
+
+def _first_order(x: Tensor, eps: Tensor, p: Point, q: Point) -> Tensor:
+    """DPM-Solver-1 (= DDIM): x_q = (alpha_q/alpha_p) x_p - sigma_q (e^h - 1) eps_p."""
+    return (q.alpha / p.alpha) * x - q.sigma * math.expm1(q.lam - p.lam) * eps
+
+
+def _dpm_solver_step(
+    denoiser: Denoiser, x: Tensor, eps: Tensor, p: Point, q: Point, order: int
+) -> Tensor:
+    """One single-step DPM-Solver-k step (Lu et al. 2022, algorithms 4 and 5 with
+    r1 = 1/2 for k = 2; r1 = 1/3, r2 = 2/3 for k = 3)."""
+    h = q.lam - p.lam
+    if order == 1:
+        return _first_order(x, eps, p, q)
+    if order == 2:
+        r1 = 0.5
+        s1 = point_at_lam(denoiser, p.lam + r1 * h)
+        eps1, _ = _eps(denoiser, _first_order(x, eps, p, s1), s1)
+        return _first_order(x, eps, p, q) - (q.sigma / (2 * r1)) * math.expm1(h) * (eps1 - eps)
+    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+    s1 = point_at_lam(denoiser, p.lam + r1 * h)
+    s2 = point_at_lam(denoiser, p.lam + r2 * h)
+    eps1, _ = _eps(denoiser, _first_order(x, eps, p, s1), s1)
+    phi_r2 = math.expm1(r2 * h) / (r2 * h) - 1.0
+    u2 = _first_order(x, eps, p, s2) - (s2.sigma * r2 / r1) * phi_r2 * (eps1 - eps)
+    eps2, _ = _eps(denoiser, u2, s2)
+    phi = math.expm1(h) / h - 1.0
+    return _first_order(x, eps, p, q) - (q.sigma / r2) * phi * (eps2 - eps)
+
+
+def _check_order(order: int, allowed: tuple[int, ...]) -> None:
+    if order not in allowed:
+        raise ValueError(f"order must be one of {allowed}, got {order!r}")
+
+
+def dpm_solver(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    order: int = 2,
+) -> Tensor:
+    """Single-step DPM-Solver of order 1, 2 or 3 (Lu et al. 2022): ``order`` evaluations per
+    step (one for the step into t = 0). Order 1 is DDIM (eta = 0)."""
+    del generator  # deterministic
+    _check_order(order, (1, 2, 3))
+    grid, x_in = points(denoiser, ts), x
+    x = working(x)
+    for i, (p, q) in enumerate(itertools.pairwise(grid)):
+        eps, x0 = _eps(denoiser, x, p)
+        x = x0 if q.is_data else _dpm_solver_step(denoiser, x, eps, p, q, order)
+        notify(callback, i, p, q, x, x0)
+    return x.to(x_in.dtype)
+
+
+# ---- DPM-Solver++ (data prediction, multistep) -----------------------------------------------
+
+
+def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int):
+    """Backward differences of D in lam, scaled by h (Lu et al. 2022b, algorithm 2;
+    the third-order form of the DPM-Solver code release):
+    order 2: D1 = (D_0 - D_1) / r0;
+    order 3: D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1)."""
+    (lam0, d0), (lam1, d1) = history[-1], history[-2]
+    r0 = (lam0 - lam1) / h
+    d1_0 = (d0 - d1) / r0
+    if order == 2:
+        return d1_0, None
+    lam2, d2 = history[-3]
+    r1 = (lam1 - lam2) / h
+    d1_1 = (d1 - d2) / r1
+    return d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+
+
+def _pp_ode_step(x, history, p: Point, q: Point, order: int) -> Tensor:
+    """x_q = (sigma_q/sigma_p) x - alpha_q phi_1 D_0 [- alpha_q phi_1 D1 / 2 (2M)]
+    [+ alpha_q phi_2 D1 - alpha_q phi_3 D2 (3M)], phi_1 = e^{-h} - 1."""
+    h = q.lam - p.lam
+    d0 = history[-1][1]
+    phi_1 = -expm1_neg(h)
+    x_next = (q.sigma / p.sigma) * x - q.alpha * phi_1 * d0
+    if order == 1:
+        return x_next
+    d1, d2 = _data_derivatives(history, h, order)
+    if order == 2:
+        return x_next - 0.5 * q.alpha * phi_1 * d1
+    phi_2 = phi_1 / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    return x_next + q.alpha * phi_2 * d1 - q.alpha * phi_3 * d2
+
+
+def _pp_sde_step(x, history, p: Point, q: Point, order: int, generator) -> Tensor:
+    """SDE-DPM-Solver++ (Lu et al. 2022b, section 5) with the data term integrated exactly
+    for D linear in lam:
+    x_q = (sigma_q/sigma_p) e^{-h} x + alpha_q (1 - e^{-2h}) D_0
+          + alpha_q (h - (1 - e^{-2h})/2) D' + sigma_q sqrt(1 - e^{-2h}) z,  D' = D1 / h."""
+    h = q.lam - p.lam
+    d0 = history[-1][1]
+    k = expm1_neg(2.0 * h)
+    x_next = (q.sigma / p.sigma) * math.exp(-h) * x + q.alpha * k * d0
+    if order == 2:
+        d1, _ = _data_derivatives(history, h, 2)
+        x_next = x_next + q.alpha * (1.0 - k / (2.0 * h)) * d1
+    return x_next + q.sigma * math.sqrt(k) * noise_like(x, generator)
+
+
+def dpm_solver_pp(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    order: int = 2,
+    sde: bool = False,
+) -> Tensor:
+    """Multistep DPM-Solver++ (Lu et al. 2022b): order 1 (= DDIM), 2 (2M) or 3 (3M), one
+    evaluation per step, lower orders while the history fills up and for the step into
+    t = 0. ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects fresh noise."""
+    _check_order(order, (1, 2) if sde else (1, 2, 3))
+    grid, x_in = points(denoiser, ts), x
+    x = working(x)
+    history: list[tuple[float, Tensor]] = []
+    for i, (p, q) in enumerate(itertools.pairwise(grid)):
+        x0 = denoiser(x, p.t)
+        history = [*history[-(order - 1) :], (p.lam, x0)] if order > 1 else [(p.lam, x0)]
+        step_order = 1 if q.is_data else min(order, len(history))
+        if sde and not q.is_data:
+            x = _pp_sde_step(x, history, p, q, step_order, generator)
+        else:
+            x = _pp_ode_step(x, history, p, q, step_order)
+        notify(callback, i, p, q, x, x0)
+    return x.to(x_in.dtype)

@@ -1,0 +1,176 @@
+"""Reverse-SDE samplers: Euler-Maruyama, predictor-corrector, and NCSN's annealed Langevin.
+
+The reverse SDE of dx = f(t) x dt + g(t) dw is (Anderson 1982; Song et al. 2021, eq. 6)
+
+    dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dw_bar,
+
+with score = (alpha x0_hat - x) / sigma^2. A step into t = 0 returns x0_hat.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from enum import Enum
+
+import torch
+
+from rediff._choices import parse_choice
+from rediff._tensor import Tensor, expand_to
+from rediff.model import Denoiser
+from rediff.parametrization import Target, convert
+from rediff.samplers._common import (
+    Callback,
+    Point,
+    check_positive,
+    expm1_neg,
+    noise_like,
+    notify,
+    points,
+    working,
+)
+
+
+def _score(denoiser: Denoiser, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
+    """(score, x0_hat) at point p, the score through the one conversion module."""
+    x0 = denoiser(x, p.t)
+    return convert(x0, x, p.alpha, p.sigma, Target.X0, Target.SCORE), x0
+
+
+def _euler_maruyama_step(
+    denoiser: Denoiser, x: Tensor, score: Tensor, p: Point, q: Point, generator
+) -> Tensor:
+    """x_q = x_p - [f x_p - g^2 score] (t_p - t_q) + g sqrt(t_p - t_q) z, with f and g at p."""
+    dt = p.t - q.t
+    schedule = denoiser.schedule
+    f, g2 = float(schedule.drift_coef(p.t)), float(schedule.diffusion_squared(p.t))
+    return x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * noise_like(x, generator)
+
+
+def euler_maruyama(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021, appendix G)."""
+    grid, x_in = points(denoiser, ts), x
+    x = working(x)
+    for i, (p, q) in enumerate(itertools.pairwise(grid)):
+        score, x0 = _score(denoiser, x, p)
+        x = x0 if q.is_data else _euler_maruyama_step(denoiser, x, score, p, q, generator)
+        notify(callback, i, p, q, x, x0)
+    return x.to(x_in.dtype)
+
+
+class Predictor(str, Enum):
+    """The predictor of ``predictor_corrector``."""
+
+    REVERSE_DIFFUSION = "reverse_diffusion"
+    EULER_MARUYAMA = "euler_maruyama"
+
+    @classmethod
+    def parse(cls, value: Predictor | str) -> Predictor:
+        return parse_choice(cls, value, "predictor")
+
+
+def _langevin_step(
+    denoiser: Denoiser, x: Tensor, p: Point, a: float, snr: float, generator
+) -> Tensor:
+    """Score_sde's Langevin corrector (Song et al. 2021, algorithm 4-5) with the step size set
+    per sample: eps = 2 a (snr ||z|| / ||score||)^2, x += eps score + sqrt(2 eps) z."""
+    score, _ = _score(denoiser, x, p)
+    z = noise_like(x, generator)
+    flat = (x.shape[0], -1)
+    ratio = z.reshape(flat).norm(dim=1) / score.reshape(flat).norm(dim=1).clamp_min(1e-30)
+    step = 2.0 * a * (snr * ratio) ** 2
+    return x + expand_to(step, x) * score + expand_to(torch.sqrt(2.0 * step), x) * z
+
+
+def _reverse_diffusion(x: Tensor, score: Tensor, p: Point, q: Point, generator) -> Tensor:
+    """Reverse-diffusion predictor (Song et al. 2021, eq. 46) for the forward transition
+    x_p = (alpha_p/alpha_q) x_q + G z, G^2 = sigma_p^2 (1 - e^{-2h}):
+    x_q = x_p - (alpha_p/alpha_q - 1) x_p + G^2 score + G z."""
+    g2 = p.sigma**2 * expm1_neg(2.0 * (q.lam - p.lam))
+    mean = (2.0 - p.alpha / q.alpha) * x + g2 * score
+    return mean + math.sqrt(g2) * noise_like(x, generator)
+
+
+def predictor_corrector(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    predictor: Predictor | str = Predictor.REVERSE_DIFFUSION,
+    corrector_steps: int = 1,
+    snr: float = 0.16,
+) -> Tensor:
+    """Predictor-corrector sampling (Song et al. 2021, algorithm 1): at each time,
+    ``corrector_steps`` Langevin steps at signal-to-noise ratio ``snr``, then one predictor
+    step (reverse diffusion or Euler-Maruyama). Costs 1 + corrector_steps evaluations a step."""
+    predictor = Predictor.parse(predictor)
+    check_positive("snr", snr)
+    if not isinstance(corrector_steps, int) or corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
+    grid, x_in = points(denoiser, ts), x
+    x = working(x)
+    for i, (p, q) in enumerate(itertools.pairwise(grid)):
+        for _ in range(corrector_steps):
+            x = _langevin_step(denoiser, x, p, (p.alpha / q.alpha) ** 2, snr, generator)
+        score, x0 = _score(denoiser, x, p)
+        if q.is_data:
+            x = x0
+        elif predictor is Predictor.REVERSE_DIFFUSION:
+            x = _reverse_diffusion(x, score, p, q, generator)
+        else:
+            x = _euler_maruyama_step(denoiser, x, score, p, q, generator)
+        notify(callback, i, p, q, x, x0)
+    return x.to(x_in.dtype)
+
+
+def annealed_langevin(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    steps_per_level: int = 5,
+    step_size: float = 2e-5,
+) -> Tensor:
+    """NCSN's annealed Langevin dynamics (Song & Ermon 2019, algorithm 1).
+
+    At every positive time of ``ts`` (a noise level sigma_i), ``steps_per_level`` steps
+    x += (a_i / 2) score + sqrt(a_i) z with a_i = step_size sigma_i^2 / sigma_L^2, sigma_L the
+    smallest level. A grid ending with 0 adds the final denoising x0_hat (Jolicoeur-Martineau
+    et al. 2021; Song & Ermon 2020), one more evaluation.
+    """
+    check_positive("step_size", step_size)
+    if not isinstance(steps_per_level, int) or steps_per_level < 1:
+        raise ValueError(f"steps_per_level must be an integer >= 1, got {steps_per_level!r}")
+    grid, x_in = points(denoiser, ts), x
+    levels = [p for p in grid if not p.is_data]
+    sigma_last = levels[-1].sigma
+    x = working(x)
+
+    def anneal(x: Tensor, p: Point) -> Tensor:
+        a = step_size * (p.sigma / sigma_last) ** 2
+        for _ in range(steps_per_level):
+            score, _ = _score(denoiser, x, p)
+            x = x + 0.5 * a * score + math.sqrt(a) * noise_like(x, generator)
+        return x
+
+    for i, (p, q) in enumerate(itertools.pairwise(grid)):
+        x = anneal(x, p)
+        x0 = x
+        if q.is_data:
+            x0 = denoiser(x, p.t)
+            x = x0
+        notify(callback, i, p, q, x, x0)
+    if not grid[-1].is_data:
+        x = anneal(x, grid[-1])
+    return x.to(x_in.dtype)
