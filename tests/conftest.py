@@ -59,3 +59,30 @@ def target_definitions(x0, eps, x_t, alpha, sigma, sigma_data):
         Target.V: a * eps - s * x0,  # Salimans & Ho (2022)
         Target.EDM: (x0 - c_skip * x_t / a) / c_out,  # Karras et al. (2022), eq. 7
     }
+
+
+# ---- Gaussian data: the probability-flow ODE in closed form ------------------------------------
+
+GAUSS_MEAN = torch.tensor([0.5, -0.3], dtype=torch.float64)
+GAUSS_COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+
+
+def gaussian_data():
+    """N(GAUSS_MEAN, GAUSS_COV) as a one-component mixture (it has the exact denoiser)."""
+    from rediff.data import GaussianMixture
+
+    return GaussianMixture(GAUSS_MEAN[None], GAUSS_COV[None])
+
+
+def gaussian_flow(x, schedule, t0: float, t1: float, mean=GAUSS_MEAN, cov=GAUSS_COV):
+    """The probability-flow ODE's exact map from t0 to t1 for Gaussian data N(mean, cov).
+
+    In y = x / alpha and noise level s, dy/ds = (y - D)/s with D = mean + cov (cov + s^2)^-1
+    (y - mean); along each eigenvector (eigenvalue l) y - mean scales as sqrt(l + s^2)
+    (Karras et al. 2022, eq. 4 with a Gaussian denoiser).
+    """
+    eigvals, U = torch.linalg.eigh(cov)
+    s0, s1 = float(schedule.noise_level(t0)), float(schedule.noise_level(t1))
+    y = (x / float(schedule.alpha(t0)) - mean) @ U
+    y = y * torch.sqrt((eigvals + s1**2) / (eigvals + s0**2))
+    return float(schedule.alpha(t1)) * (y @ U.T + mean)

@@ -117,6 +117,9 @@ def make(
         ts = _integer(schedule, spacing, n)
     else:
         ts = _continuous(schedule, spacing, n, t_min, t_max, rho)
+        ts[0] = t_max  # exact endpoints, whatever the spacing's round trip did to them
+        if n > 1:
+            ts[-1] = t_min
     if final_step:
         ts = torch.cat([ts, ts.new_zeros(1)])
     return check(schedule, ts)

@@ -101,10 +101,15 @@ def dpm_solver(
 
 
 def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int):
-    """Backward differences of D in lam, scaled by h (Lu et al. 2022b, algorithm 2;
-    the third-order form of the DPM-Solver code release):
-    order 2: D1 = (D_0 - D_1) / r0;
-    order 3: D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1)."""
+    """Divided differences of D in lam, scaled by powers of h: D1 ~ h D'(lam_p) and
+    D2 ~ h^2 D''(lam_p), from the last ``order`` outputs (Lu et al. 2022b, algorithm 2).
+
+    With r_k = (previous step widths) / h: D1_0 = (D_0 - D_1) / r0; for order 3 also
+    D1_1 = (D_1 - D_2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) and
+    D2 = 2 (D1_0 - D1_1) / (r0 + r1). The factor 2 makes D2 the second derivative (the
+    DPM-Solver code release and diffusers omit it, which leaves their 3M second order; see
+    tests/test_samplers.py::test_data_steps_are_exact_for_polynomial_denoisers).
+    """
     (lam0, d0), (lam1, d1) = history[-1], history[-2]
     r0 = (lam0 - lam1) / h
     d1_0 = (d0 - d1) / r0
@@ -113,12 +118,13 @@ def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int)
     lam2, d2 = history[-3]
     r1 = (lam1 - lam2) / h
     d1_1 = (d1 - d2) / r1
-    return d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+    return d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), 2.0 * (d1_0 - d1_1) / (r0 + r1)
 
 
 def _pp_ode_step(x, history, p: Point, q: Point, order: int) -> Tensor:
     """x_q = (sigma_q/sigma_p) x - alpha_q phi_1 D_0 [- alpha_q phi_1 D1 / 2 (2M)]
-    [+ alpha_q phi_2 D1 - alpha_q phi_3 D2 (3M)], phi_1 = e^{-h} - 1."""
+    [+ alpha_q phi_2 D1 - alpha_q phi_3 D2 (3M)], phi_1 = e^{-h} - 1, phi_2 = phi_1/h + 1,
+    phi_3 = phi_2/h - 1/2: the exact integral of e^{lam - lam_q} D for D quadratic in lam."""
     h = q.lam - p.lam
     d0 = history[-1][1]
     phi_1 = -expm1_neg(h)

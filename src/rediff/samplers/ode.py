@@ -143,11 +143,12 @@ def ode(
         alpha = float(schedule.alpha(t))
         return y - denoiser(alpha * y, t)
 
-    span = torch.tensor(
-        [math.log(start.noise_level), math.log(end.noise_level)], dtype=x.dtype, device=x.device
-    )
-    y = odeint(velocity, x / start.alpha, span, rtol=rtol, atol=atol, method=method)[-1]
-    x = end.alpha * y
+    if end.t < start.t:  # a one-point grid [t, 0] needs no integration, only the final jump
+        span = torch.tensor(
+            [math.log(start.noise_level), math.log(end.noise_level)], dtype=x.dtype, device=x.device
+        )
+        y = odeint(velocity, x / start.alpha, span, rtol=rtol, atol=atol, method=method)[-1]
+        x = end.alpha * y
     x0 = x
     if grid[-1].is_data:
         x0 = denoiser(x, end.t)

@@ -16,7 +16,7 @@ from enum import Enum
 import torch
 
 from rediff._choices import parse_choice
-from rediff._tensor import Tensor, expand_to
+from rediff._tensor import Tensor
 from rediff.model import Denoiser
 from rediff.parametrization import Target, convert
 from rediff.samplers._common import (
@@ -76,17 +76,18 @@ class Predictor(str, Enum):
         return parse_choice(cls, value, "predictor")
 
 
-def _langevin_step(
-    denoiser: Denoiser, x: Tensor, p: Point, a: float, snr: float, generator
-) -> Tensor:
-    """Score_sde's Langevin corrector (Song et al. 2021, algorithm 4-5) with the step size set
-    per sample: eps = 2 a (snr ||z|| / ||score||)^2, x += eps score + sqrt(2 eps) z."""
+def _langevin_step(denoiser: Denoiser, x: Tensor, p: Point, a: float, snr: float, generator):
+    """One Langevin corrector step (Song et al. 2021, algorithm 5):
+    x += eps score + sqrt(2 eps) z with eps = 2 a (snr ||z|| / ||score||)^2.
+
+    The norms are replaced by their expectations, E||z||^2 = d and E||score||^2 ~ d /
+    sigma^2, so eps = 2 a (snr sigma)^2: a step that depends neither on the batch (score_sde
+    averages the norms over it) nor on the noise draw or state of the sample, which would
+    bias the chain's stationary law.
+    """
     score, _ = _score(denoiser, x, p)
-    z = noise_like(x, generator)
-    flat = (x.shape[0], -1)
-    ratio = z.reshape(flat).norm(dim=1) / score.reshape(flat).norm(dim=1).clamp_min(1e-30)
-    step = 2.0 * a * (snr * ratio) ** 2
-    return x + expand_to(step, x) * score + expand_to(torch.sqrt(2.0 * step), x) * z
+    step = 2.0 * a * (snr * p.sigma) ** 2
+    return x + step * score + math.sqrt(2.0 * step) * noise_like(x, generator)
 
 
 def _reverse_diffusion(x: Tensor, score: Tensor, p: Point, q: Point, generator) -> Tensor:
@@ -140,21 +141,29 @@ def annealed_langevin(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     steps_per_level: int = 5,
-    step_size: float = 2e-5,
+    step_size: float | None = None,
 ) -> Tensor:
     """NCSN's annealed Langevin dynamics (Song & Ermon 2019, algorithm 1).
 
     At every positive time of ``ts`` (a noise level sigma_i), ``steps_per_level`` steps
     x += (a_i / 2) score + sqrt(a_i) z with a_i = step_size sigma_i^2 / sigma_L^2, sigma_L the
-    smallest level. A grid ending with 0 adds the final denoising x0_hat (Jolicoeur-Martineau
-    et al. 2021; Song & Ermon 2020), one more evaluation.
+    smallest level. The default step_size is 0.2 sigma_L^2, NCSN's 2e-5 at sigma_L = 0.01, so
+    a_i / sigma_i^2 = 0.2 on any grid; step_size >= sigma_L^2 makes the chain unstable and is
+    refused. A grid ending with 0 adds the final denoising x0_hat (Jolicoeur-Martineau et al.
+    2021; Song & Ermon 2020), one more evaluation.
     """
-    check_positive("step_size", step_size)
     if not isinstance(steps_per_level, int) or steps_per_level < 1:
         raise ValueError(f"steps_per_level must be an integer >= 1, got {steps_per_level!r}")
     grid, x_in = points(denoiser, ts), x
-    levels = [p for p in grid if not p.is_data]
-    sigma_last = levels[-1].sigma
+    sigma_last = [p for p in grid if not p.is_data][-1].sigma
+    if step_size is None:
+        step_size = 0.2 * sigma_last**2
+    check_positive("step_size", step_size)
+    if step_size >= sigma_last**2:
+        raise ValueError(
+            f"step_size = {step_size:.3g} >= sigma_L^2 = {sigma_last**2:.3g} (the smallest noise "
+            "level squared) makes Langevin diverge; leave step_size unset or lower it"
+        )
     x = working(x)
 
     def anneal(x: Tensor, p: Point) -> Tensor:

@@ -1,0 +1,506 @@
+"""Samplers against closed-form truth: equivalences, orders of convergence, moments."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import GAUSS_COV, GAUSS_MEAN, gaussian_data, gaussian_flow
+
+import rediff
+from rediff import data, grids, samplers, schedules
+from rediff.samplers import GammaTable, estimate_gamma
+from rediff.samplers._common import Point
+from rediff.samplers.ancestral import optimal_variance, posterior_variance
+
+F64 = torch.float64
+
+ODE_SCHEDULES = {
+    "vp": schedules.LinearVP(),
+    "ddpm": schedules.DiscreteVP.linear(1000),
+    "edm": schedules.EDM(),
+    "ve": schedules.VE(),
+}
+
+
+# ---- equivalences ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ODE_SCHEDULES))
+@pytest.mark.parametrize("final_step", [True, False])
+def test_first_order_methods_coincide(name, final_step):
+    """DDIM(eta=0) = Euler in noise level = DPM-Solver-1 = DPM-Solver++-1 = UniP-1: the same
+    exponential-integrator step written five ways (Lu et al. 2022, section 4.1)."""
+    sched = ODE_SCHEDULES[name]
+    den = data.eight_gaussians_mixture().denoiser(sched)
+    x = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = grids.make(sched, 10, "logsnr", final_step=final_step)
+    reference = samplers.ddim(den, x, ts, eta=0.0)
+    others = {
+        "euler": samplers.euler(den, x, ts),
+        "dpm_solver1": samplers.dpm_solver(den, x, ts, order=1),
+        "dpm++1": samplers.dpm_solver_pp(den, x, ts, order=1),
+        "unip1": samplers.unipc(den, x, ts, order=1, corrector=False),
+    }
+    for label, out in others.items():
+        assert float((out - reference).abs().max()) < 1e-10, label
+
+
+def test_ddpm_posterior_variance_is_ddim_eta_one():
+    sched = schedules.DiscreteVP.linear(1000)
+    den = data.eight_gaussians_mixture().denoiser(sched)
+    x = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = grids.make(sched, 20, "trailing")
+    a = samplers.ddpm(den, x, ts, variance="beta_tilde", generator=torch.Generator().manual_seed(1))
+    b = samplers.ddim(den, x, ts, eta=1.0, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_variances_match_ddpm_closed_forms():
+    """For VP, beta_tilde = (1 - abar_q)/(1 - abar_p) (1 - abar_p/abar_q) (Ho et al. 2020,
+    eq. 7) and, between consecutive steps, beta = beta_k."""
+    sched = schedules.DiscreteVP.linear(1000)
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    for k in (2, 10, 500, 1000):
+        j = k - 1  # the step before
+        p = Point(
+            k / 1000,
+            *(float(v) for v in (sched.alpha(k / 1000), sched.sigma(k / 1000))),
+            float(0.5 * sched.log_snr(k / 1000)),
+        )
+        q = Point(
+            j / 1000,
+            *(float(v) for v in (sched.alpha(j / 1000), sched.sigma(j / 1000))),
+            float(0.5 * sched.log_snr(j / 1000)),
+        )
+        ap, aq = abar[k - 1], abar[j - 1]
+        expected = (1 - aq) / (1 - ap) * (1 - ap / aq)
+        assert posterior_variance(p, q) == pytest.approx(expected, rel=1e-9)
+        beta_k = p.sigma**2 * -math.expm1(-2 * (q.lam - p.lam))
+        assert beta_k == pytest.approx(np.linspace(1e-4, 0.02, 1000)[k - 1], rel=1e-9)
+
+
+def test_data_steps_are_exact_for_polynomial_denoisers():
+    """DPM-Solver++'s first- and third-order steps integrate the ODE exactly when D is a
+    polynomial of degree 0 and 2 in lam; the 2M step (Lu et al. 2022b, eq. 9, D taken at the
+    interval's midpoint) is exact for constant D and has local error O(h^3) for linear D."""
+    from scipy.integrate import quad
+
+    from rediff.samplers.dpm_solver import _pp_ode_step
+
+    def point(lam):  # VE coordinates: alpha = 1, sigma = e^{-lam}
+        return Point(0.5, 1.0, math.exp(-lam), lam)
+
+    def step_error(order, coef, h):
+        D = np.polynomial.Polynomial(coef)
+        lams = [0.7 - 1.5 * h, 0.7 - 0.8 * h, 0.7]  # non-uniform history
+        p, q = point(0.7), point(0.7 + h)
+        history = [(lam, torch.tensor([D(lam)], dtype=F64)) for lam in lams]
+        exact = (q.sigma / p.sigma) * 1.7 + quad(
+            lambda lam: math.exp(lam - q.lam) * D(lam), p.lam, q.lam, epsabs=1e-15
+        )[0]
+        return float(_pp_ode_step(torch.tensor([1.7], dtype=F64), history, p, q, order)) - exact
+
+    assert abs(step_error(1, [0.3], 0.4)) < 1e-13
+    assert abs(step_error(2, [0.3], 0.4)) < 1e-13
+    assert abs(step_error(3, [0.3, 0.2, -0.05], 0.4)) < 1e-13
+    ratio = step_error(2, [0.3, 0.2], 0.2) / step_error(2, [0.3, 0.2], 0.1)
+    assert 7.0 < ratio < 9.0  # O(h^3)
+
+
+# ---- order of convergence --------------------------------------------------------------------
+
+DETERMINISTIC = [
+    ("euler", samplers.euler, {}, 1),
+    ("ddim", samplers.ddim, {}, 1),
+    ("heun", samplers.heun, {}, 2),
+    ("dpm_solver1", samplers.dpm_solver, {"order": 1}, 1),
+    ("dpm_solver2", samplers.dpm_solver, {"order": 2}, 2),
+    ("dpm_solver3", samplers.dpm_solver, {"order": 3}, 3),
+    ("dpm++1", samplers.dpm_solver_pp, {"order": 1}, 1),
+    ("dpm++2m", samplers.dpm_solver_pp, {"order": 2}, 2),
+    ("dpm++3m", samplers.dpm_solver_pp, {"order": 3}, 3),
+    # UniC-p raises UniP-p to order p + 1 (Zhao et al. 2023, theorem 3.2)
+    ("unipc1", samplers.unipc, {"order": 1}, 2),
+    ("unipc2", samplers.unipc, {"order": 2}, 3),
+    ("unipc3", samplers.unipc, {"order": 3}, 4),
+    ("unip2", samplers.unipc, {"order": 2, "corrector": False}, 2),
+]
+
+
+@pytest.mark.parametrize("schedule_name", ["vp", "edm"])
+@pytest.mark.parametrize(
+    ("name", "sampler", "options", "order"), DETERMINISTIC, ids=[d[0] for d in DETERMINISTIC]
+)
+def test_order_of_convergence(schedule_name, name, sampler, options, order):
+    """Slope of log error against log steps on Gaussian data, where the flow's end point is
+    known (conftest.gaussian_flow). The solve ends at noise level 0.5, inside the denoiser's
+    transition, so no error term cancels by accident."""
+    sched = ODE_SCHEDULES[schedule_name]
+    den = gaussian_data().denoiser(sched)
+    x = sched.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    t_end = float(sched.t_from_noise_level(0.5))
+    steps = [16, 32, 64, 128]
+    errors = []
+    for n in steps:
+        ts = grids.make(sched, n, "logsnr", t_min=t_end, final_step=False)
+        exact = gaussian_flow(x, sched, float(ts[0]), float(ts[-1]))
+        errors.append(float((sampler(den, x, ts, **options) - exact).norm(dim=1).mean()))
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.3, (name, slope, errors)
+
+
+def test_adaptive_ode_reaches_the_exact_end_point():
+    sched = schedules.LinearVP()
+    den = gaussian_data().denoiser(sched)
+    x = sched.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = grids.make(sched, 1, final_step=False)
+    errors = []
+    for rtol in (1e-3, 1e-6):
+        out = samplers.ode(den, x, ts, rtol=rtol, atol=rtol)
+        errors.append(float((out - gaussian_flow(x, sched, sched.t_max, sched.t_min)).abs().max()))
+    assert errors[1] < 1e-4 and errors[1] < errors[0]
+
+
+# ---- stochastic samplers: moments ------------------------------------------------------------
+
+STOCHASTIC = [
+    ("ddpm-beta", "ddpm-linear", samplers.ddpm, {}, (1000, "trailing")),
+    (
+        "ddpm-beta-tilde",
+        "ddpm-linear",
+        samplers.ddpm,
+        {"variance": "beta_tilde"},
+        (1000, "trailing"),
+    ),
+    ("ddim-eta-0.5", "ddpm-linear", samplers.ddim, {"eta": 0.5}, (1000, "trailing")),
+    ("euler-maruyama-vp", "vp", samplers.euler_maruyama, {}, (1000, "uniform")),
+    ("euler-maruyama-ve", "ve", samplers.euler_maruyama, {}, (1000, "uniform")),
+    ("pc-ve", "ve", samplers.predictor_corrector, {"snr": 0.16}, (300, "uniform")),
+    (
+        "pc-em-vp",
+        "vp",
+        samplers.predictor_corrector,
+        {"snr": 0.05, "predictor": "euler_maruyama"},
+        (500, "uniform"),
+    ),
+    (
+        "annealed-langevin",
+        "ve",
+        samplers.annealed_langevin,
+        {"steps_per_level": 50},
+        (100, "logsnr"),
+    ),
+    ("dpm++2m-sde", "vp", samplers.dpm_solver_pp, {"order": 2, "sde": True}, (200, "logsnr")),
+    ("heun-churn", "edm", samplers.heun, {"churn": 40.0}, (200, "karras")),
+]
+STOCHASTIC_SCHEDULES = {
+    "ddpm-linear": schedules.DiscreteVP.linear(1000),
+    "vp": schedules.LinearVP(),
+    "ve": schedules.VE(),
+    "edm": schedules.EDM(),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "schedule_name", "sampler", "options", "grid"),
+    STOCHASTIC,
+    ids=[s[0] for s in STOCHASTIC],
+)
+def test_stochastic_samplers_match_gaussian_moments(name, schedule_name, sampler, options, grid):
+    sched = STOCHASTIC_SCHEDULES[schedule_name]
+    den = gaussian_data().denoiser(sched)
+    n = 20000
+    gen = torch.Generator().manual_seed(1)
+    ts = grids.make(sched, grid[0], grid[1])
+    x = sampler(
+        den, sched.prior_sample((n, 2), generator=gen, dtype=F64), ts, generator=gen, **options
+    )
+    var = torch.diagonal(GAUSS_COV)
+    mean_se = torch.sqrt(var / n)
+    cov_se = torch.sqrt((var[:, None] * var[None, :] + GAUSS_COV**2) / n)
+    assert ((x.mean(0) - GAUSS_MEAN).abs() < 4 * mean_se).all(), (name, x.mean(0))
+    assert ((torch.cov(x.T) - GAUSS_COV).abs() < 4 * cov_se).all(), (name, torch.cov(x.T))
+
+
+# ---- Analytic-DPM ----------------------------------------------------------------------------
+
+
+def gaussian_gamma(sched, t):
+    """Gamma_t = E||E[eps | x_t]||^2 / d = sigma^2 tr(C^-1) / d, C = alpha^2 Sigma + sigma^2 I."""
+    a, s = float(sched.alpha(t)), float(sched.sigma(t))
+    C = a**2 * GAUSS_COV + s**2 * torch.eye(2, dtype=F64)
+    return s**2 * torch.trace(torch.linalg.inv(C)) / 2, C, s
+
+
+def test_gamma_estimate_matches_closed_form(tmp_path):
+    sched = schedules.DiscreteVP.linear(1000)
+    den = gaussian_data().denoiser(sched)
+    n = 20000
+    x0 = gaussian_data().sample(n, generator=torch.Generator().manual_seed(2), dtype=F64)
+    ts = grids.make(sched, 10, "trailing")
+    table = estimate_gamma(den, x0, ts, generator=torch.Generator().manual_seed(3))
+    for t in ts[:-1].tolist():
+        truth, C, s = gaussian_gamma(sched, t)
+        # ||E[eps|x_t]||^2 is a Gaussian quadratic form with variance 2 tr((s^2 C^-1)^2)
+        se = math.sqrt(
+            2 * float(torch.trace((s**2 * torch.linalg.inv(C)) @ (s**2 * torch.linalg.inv(C))))
+        ) / (2 * math.sqrt(n))
+        assert abs(table(t) - float(truth)) < 4 * se, (t, table(t), float(truth))
+    table.save(tmp_path / "gamma.safetensors")
+    loaded = GammaTable.load(tmp_path / "gamma.safetensors")
+    assert torch.equal(loaded.t, table.t) and torch.equal(loaded.gamma, table.gamma)
+    with pytest.raises(ValueError, match="tabulated"):
+        table(0.0001)
+
+
+def test_optimal_variance_matches_closed_form():
+    """w* = v + k^2 E||x0 - E[x0|x_p]||^2 / d with k the coefficient of x0 in the mean, and
+    E||x0 - E[x0|x_p]||^2 / d = tr((Sigma^-1 + alpha^2/sigma^2 I)^-1) / d (Bao et al. 2022)."""
+    sched = schedules.DiscreteVP.linear(1000)
+    for t_p, t_q, eta in ((0.5, 0.4, 1.0), (0.9, 0.2, 0.5), (0.05, 0.01, 1.0)):
+        p = Point(
+            t_p, float(sched.alpha(t_p)), float(sched.sigma(t_p)), float(0.5 * sched.log_snr(t_p))
+        )
+        q = Point(
+            t_q, float(sched.alpha(t_q)), float(sched.sigma(t_q)), float(0.5 * sched.log_snr(t_q))
+        )
+        v = eta**2 * posterior_variance(p, q)
+        gamma, _, _ = gaussian_gamma(sched, t_p)
+        k = q.alpha - math.sqrt(q.sigma**2 - v) * p.alpha / p.sigma
+        post = torch.linalg.inv(
+            torch.linalg.inv(GAUSS_COV) + (p.alpha / p.sigma) ** 2 * torch.eye(2, dtype=F64)
+        )
+        expected = v + k**2 * float(torch.trace(post)) / 2
+        assert optimal_variance(p, q, v, float(gamma)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_analytic_ddpm_matches_gaussian_moments():
+    sched = schedules.DiscreteVP.linear(1000)
+    den = gaussian_data().denoiser(sched)
+    ts = grids.make(sched, 1000, "trailing")
+    gamma = estimate_gamma(
+        den,
+        gaussian_data().sample(4000, generator=torch.Generator().manual_seed(4), dtype=F64),
+        ts,
+        generator=torch.Generator().manual_seed(5),
+    )
+    n = 20000
+    gen = torch.Generator().manual_seed(6)
+    x = samplers.ddpm(
+        den,
+        sched.prior_sample((n, 2), generator=gen, dtype=F64),
+        ts,
+        variance="analytic",
+        gamma=gamma,
+        generator=gen,
+    )
+    var = torch.diagonal(GAUSS_COV)
+    assert ((x.mean(0) - GAUSS_MEAN).abs() < 4 * torch.sqrt(var / n)).all()
+    cov_se = torch.sqrt((var[:, None] * var[None, :] + GAUSS_COV**2) / n)
+    assert ((torch.cov(x.T) - GAUSS_COV).abs() < 4 * cov_se).all()
+
+
+# ---- every sampler: determinism, dtypes, finiteness, evaluation points -----------------------
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return data.eight_gaussians_mixture()
+
+
+@pytest.mark.parametrize("name", list(samplers.REGISTRY))
+def test_deterministic_given_generator_and_keeps_dtype(name, mixture):
+    entry = samplers.get(name)
+    sched = schedules.DiscreteVP.linear(1000)
+    den = mixture.denoiser(sched)
+    ts = grids.make(sched, 5)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = sched.prior_sample((32, 2), generator=torch.Generator().manual_seed(0), dtype=dtype)
+        outs = [
+            entry.function(den, x, ts, generator=torch.Generator().manual_seed(7), **entry.options)
+            for _ in range(2)
+        ]
+        assert outs[0].dtype == dtype and outs[0].shape == x.shape
+        assert torch.equal(outs[0], outs[1])
+        assert torch.isfinite(outs[0]).all()
+
+
+FINITE_CASES = [
+    (sched_name, spacing)
+    for sched_name, spacings in {
+        "ddpm-linear": ["uniform", "logsnr", "karras", "quadratic", "leading", "trailing"],
+        "vp": ["uniform", "logsnr", "karras", "quadratic"],
+        "ve": ["uniform", "logsnr", "karras", "quadratic"],
+        "edm": ["uniform", "logsnr", "karras", "quadratic"],
+    }.items()
+    for spacing in spacings
+]
+
+
+@pytest.mark.parametrize(("schedule_name", "spacing"), FINITE_CASES)
+def test_no_nan_for_few_steps_on_every_grid(schedule_name, spacing, mixture):
+    sched = STOCHASTIC_SCHEDULES[schedule_name]
+    den = mixture.denoiser(sched)
+    x = sched.prior_sample((16, 2), generator=torch.Generator().manual_seed(0))
+    for name, entry in samplers.REGISTRY.items():
+        for steps in (1, 2, 3, 5, 10):
+            for final_step in (True, False):
+                ts = grids.make(sched, steps, spacing, final_step=final_step)
+                out = entry.function(
+                    den, x, ts, generator=torch.Generator().manual_seed(0), **entry.options
+                )
+                assert torch.isfinite(out).all(), (name, steps, final_step)
+
+
+class Recorder(rediff.Denoiser):
+    """Records the time of every evaluation."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.schedule, self.times = denoiser, denoiser.schedule, []
+
+    def __call__(self, x, t, **cond):
+        t = torch.as_tensor(t, dtype=F64)
+        self.times.append(float(t.flatten()[0]))
+        return self.denoiser(x, t)
+
+
+def expected_times(name, ts, sched, options):
+    """Where each sampler claims to evaluate the denoiser on the grid ts."""
+    t = ts.tolist()
+    steps = list(itertools.pairwise(t))
+    if name in ("heun",):
+        out = []
+        for p, q in steps:
+            out += [p] + ([q] if q > 0 else [])
+        return out
+    if name.startswith("dpm_solver") and options.get("order", 1) > 1:
+        order, out = options["order"], []
+        for p, q in steps:
+            out.append(p)
+            if q > 0:
+                lp, lq = 0.5 * float(sched.log_snr(p)), 0.5 * float(sched.log_snr(q))
+                rs = [0.5] if order == 2 else [1 / 3, 2 / 3]
+                out += [float(sched.t_from_log_snr(2 * (lp + r * (lq - lp)))) for r in rs]
+        return out
+    if name == "pc":
+        return [p for p, _ in steps for _ in range(2)]
+    if name == "annealed_langevin":
+        levels = [p for p in t if p > 0]
+        return [p for p in levels for _ in range(5)] + ([levels[-1]] if t[-1] == 0 else [])
+    return [p for p, _ in steps]
+
+
+@pytest.mark.parametrize("name", [n for n in samplers.REGISTRY if n != "ode"])
+@pytest.mark.parametrize("final_step", [True, False])
+def test_denoiser_is_evaluated_where_claimed(name, final_step, mixture):
+    entry = samplers.get(name)
+    sched = schedules.LinearVP()
+    recorder = Recorder(mixture.denoiser(sched))
+    ts = grids.make(sched, 6, "logsnr", final_step=final_step)
+    x = sched.prior_sample((8, 2), generator=torch.Generator().manual_seed(0))
+    entry.function(recorder, x, ts, generator=torch.Generator().manual_seed(0), **entry.options)
+    expected = expected_times(name, ts, sched, entry.options)
+    assert len(recorder.times) == len(expected)
+    np.testing.assert_allclose(recorder.times, expected, rtol=1e-12, atol=0)
+
+
+def test_one_call_form_counts_evaluations(mixture):
+    sched = schedules.EDM()
+    den = mixture.denoiser(sched)
+    for name, expected in (("dpm++2m", 10), ("heun", 19), ("dpm_solver3", 28), ("pc", 20)):
+        result = rediff.sample(
+            den, (8, 2), sampler=name, steps=10, spacing="karras", progress=False
+        )
+        assert result.nfe == expected, name
+        assert result.x.shape == (8, 2) and len(result.ts) == 11
+    tol = {"rtol": 1e-4, "atol": 1e-4}
+    gen = torch.Generator().manual_seed(0)
+    adaptive = rediff.sample(
+        den, (8, 2), sampler="ode", steps=2, progress=False, generator=gen, **tol
+    )
+    recorder = Recorder(den)
+    x = sched.prior_sample((8, 2), generator=torch.Generator().manual_seed(0))
+    samplers.ode(recorder, x, adaptive.ts, **tol)
+    assert adaptive.nfe == len(recorder.times) > 10
+
+
+def test_callback_sees_every_step(mixture):
+    sched = schedules.VE()
+    seen = []
+    ts = grids.make(sched, 7)
+    samplers.dpm_solver_pp(
+        mixture.denoiser(sched), sched.prior_sample((4, 2)), ts, callback=seen.append
+    )
+    assert [s.index for s in seen] == list(range(7))
+    assert [s.t for s in seen] == ts[:-1].tolist() and seen[-1].t_next == 0.0
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_sampler_input_is_refused(mixture):
+    sched = schedules.LinearVP()
+    den = mixture.denoiser(sched)
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match=r"unknown sampler 'dpm\+\+4m'.*dpm\+\+2m"):
+        rediff.sample(den, (4, 2), sampler="dpm++4m")
+    with pytest.raises(ValueError, match=r"unknown spacing 'cosine'.*'karras'"):
+        rediff.sample(den, (4, 2), spacing="cosine")
+    for steps in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+            grids.make(sched, steps)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        samplers.ddim(den, x, torch.tensor([0.1, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        samplers.euler(den, x, torch.tensor([1.0, 0.5, 0.5, 0.1]))
+    with pytest.raises(ValueError, match="only be the last"):
+        samplers.euler(den, x, torch.tensor([1.0, 0.0, -0.5]))
+    with pytest.raises(ValueError, match="at least 2"):
+        samplers.euler(den, x, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="outside"):
+        samplers.euler(den, x, torch.tensor([2.0, 0.5]))
+    with pytest.raises(ValueError, match="order must be one of"):
+        samplers.dpm_solver_pp(den, x, grids.make(sched, 3), order=4)
+    with pytest.raises(ValueError, match="order must be one of"):
+        samplers.dpm_solver_pp(den, x, grids.make(sched, 3), order=3, sde=True)
+    with pytest.raises(ValueError, match="eta must be finite"):
+        samplers.ddim(den, x, grids.make(sched, 3), eta=-1.0)
+    with pytest.raises(ValueError, match="needs Gamma_t"):
+        samplers.ddpm(den, x, grids.make(sched, 3), variance="analytic")
+    with pytest.raises(ValueError, match="unknown variance 'large'"):
+        samplers.ddpm(den, x, grids.make(sched, 3), variance="large")
+    with pytest.raises(ValueError, match="needs a DiscreteVP"):
+        grids.make(sched, 3, "trailing")
+    with pytest.raises(ValueError, match="makes Langevin diverge"):
+        samplers.annealed_langevin(den, x, grids.make(sched, 3), step_size=1.0)
+
+
+# ---- grids -----------------------------------------------------------------------------------
+
+
+def test_grids_follow_their_definitions():
+    ddpm = schedules.DiscreteVP.linear(1000)
+    trailing = grids.make(ddpm, 10, "trailing") * 1000
+    assert trailing.tolist() == [1000, 900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    leading = grids.make(ddpm, 10, "leading") * 1000
+    assert leading.round().tolist() == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1, 0]
+    vp = schedules.LinearVP()
+    ts = grids.make(vp, 8, "logsnr", final_step=False)
+    assert len(ts) == 9 and ts[0] == vp.t_max and ts[-1] == pytest.approx(vp.t_min)
+    np.testing.assert_allclose(
+        torch.diff(vp.log_snr(ts)).numpy(), float(torch.diff(vp.log_snr(ts))[0]), rtol=1e-9
+    )
+    edm = schedules.EDM()
+    karras = grids.make(edm, 18, "karras")  # EDM's own 18-step grid
+    i = torch.arange(18, dtype=F64)
+    expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    np.testing.assert_allclose(karras[:-1].numpy(), expected.numpy(), rtol=1e-10)
+    assert karras[-1] == 0
+    quad = grids.make(vp, 4, "quadratic", final_step=False)
+    u = torch.linspace(1, 0, 5, dtype=F64)
+    np.testing.assert_allclose(quad.numpy(), (vp.t_min + (1 - vp.t_min) * u**2).numpy(), rtol=1e-12)
+    assert grids.make(vp, 1).tolist() == [1.0, 0.0]
