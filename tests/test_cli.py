@@ -14,7 +14,7 @@ def test_demo_writes_pngs(tmp_path, capsys):
     out = tmp_path / "pictures"
     assert main(["demo", "--out", str(out), "--seed", "3"]) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"forward_2d.png", "forward_digits.png", "log_snr.png"}
+    assert names == {"forward_2d.png", "forward_digits.png", "log_snr.png", "samplers_2d.png"}
     for path in out.iterdir():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 10_000

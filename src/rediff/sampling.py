@@ -47,7 +47,7 @@ def sample(
     *,
     sampler: str = "dpm++2m",
     steps: int = 20,
-    spacing: str = "logsnr",
+    spacing: str | None = None,
     final_step: bool = True,
     t_min: float | None = None,
     generator: torch.Generator | None = None,
@@ -57,9 +57,11 @@ def sample(
     **options: Any,
 ) -> Samples:
     """Draw samples of ``shape`` = (n, *D): x_T from the prior, then the named sampler over a
-    ``steps``-step grid of the named spacing. Extra ``options`` go to the sampler (eta,
-    order, churn, rtol, ...). Returns ``Samples(x, nfe, ts)``."""
+    ``steps``-step grid of the named spacing (default: the sampler's own, see
+    ``samplers.REGISTRY``). Extra ``options`` go to the sampler (eta, order, churn, rtol, ...).
+    Returns ``Samples(x, nfe, ts)``."""
     entry = samplers.get(sampler)
+    spacing = entry.spacing if spacing is None else spacing
     ts = grids.make(denoiser.schedule, steps, spacing, t_min=t_min, final_step=final_step)
     prior = denoiser.schedule.prior_sample
     x = prior(tuple(shape), generator=generator, dtype=dtype, device=device)

@@ -34,18 +34,20 @@ from rediff.samplers.unipc import unipc
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered sampler: its function, fixed options, and evaluations per grid step."""
+    """A registered sampler: its function, fixed options, evaluations per grid step, and the
+    grid spacing it is used with by default (EDM's Heun: Karras; the rest: log-SNR)."""
 
     function: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
     evals_per_step: int = 1
+    spacing: str = "logsnr"
 
 
 REGISTRY: dict[str, Entry] = {
     "ddpm": Entry(ddpm),
     "ddim": Entry(ddim),
     "euler": Entry(euler),
-    "heun": Entry(heun, evals_per_step=2),
+    "heun": Entry(heun, evals_per_step=2, spacing="karras"),
     "euler_maruyama": Entry(euler_maruyama),
     "pc": Entry(predictor_corrector, evals_per_step=2),
     "annealed_langevin": Entry(annealed_langevin, evals_per_step=5),
