@@ -6,7 +6,7 @@ den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
 model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
 """
 
-from rediff import data, grids, parametrization, samplers, schedules
+from rediff import data, grids, metrics, parametrization, samplers, schedules
 from rediff.model import Denoiser, DiffusionModel, TimeInput
 from rediff.parametrization import Prediction, Target, convert
 from rediff.sampling import Samples, sample
@@ -23,6 +23,7 @@ __all__ = [
     "convert",
     "data",
     "grids",
+    "metrics",
     "parametrization",
     "sample",
     "samplers",

@@ -136,12 +136,19 @@ class GaussianMixture:
         alpha = schedule.alpha(t)
         return (*self._components(x64, alpha, schedule.sigma(t)), alpha)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """log p0(x) [B] (float64) for x: [B, D]."""
+    def _clean_log_joint(self, x: Tensor) -> Tensor:
+        """log(w_k N(x; mu_k, Sigma_k)) [B, K] for clean data (alpha = 1, sigma = 0)."""
         x64 = self._flatten(x)
         ones = torch.ones(x64.shape[0], dtype=torch.float64, device=x64.device)
-        _, _, log_joint = self._components(x64, ones, torch.zeros_like(ones))
-        return torch.logsumexp(log_joint, dim=1)
+        return self._components(x64, ones, torch.zeros_like(ones))[2]
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p0(x) [B] (float64) for x: [B, D]."""
+        return torch.logsumexp(self._clean_log_joint(x), dim=1)
+
+    def component_probs(self, x: Tensor) -> Tensor:
+        """p(k | x0) [B, K] (float64) for clean data x0: [B, D]."""
+        return torch.softmax(self._clean_log_joint(x), dim=1)
 
     def noised_log_prob(self, x_t: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
         """log p_t(x_t) [B] (float64): the marginal of x_t under ``schedule`` at time t."""

@@ -89,6 +89,23 @@ def eps_from_x0(x: Tensor, x0_hat: Tensor, p: Point) -> Tensor:
     return convert(x0_hat, x, p.alpha, p.sigma, Target.X0, Target.EPS)
 
 
+def evaluate(denoiser: Denoiser, x: Tensor, p: Point, target: Target) -> tuple[Tensor, Tensor]:
+    """One denoiser evaluation at point p, as ``target`` (converted by the one conversion
+    module) and as x0_hat."""
+    x0 = denoiser(x, p.t)
+    return convert(x0, x, p.alpha, p.sigma, Target.X0, target), x0
+
+
+def push(history: list, item, keep: int) -> list:
+    """The last ``keep`` entries of history + [item] (multistep solvers' memory)."""
+    return [*history[len(history) - keep + 1 :], item] if keep > 1 else [item]
+
+
+def check_order(order: int, allowed: tuple[int, ...]) -> None:
+    if order not in allowed:
+        raise ValueError(f"order must be one of {allowed}, got {order!r}")
+
+
 def notify(callback: Callback | None, i: int, p: Point, q: Point, x: Tensor, x0: Tensor) -> None:
     if callback is not None:
         callback(Step(i, p.t, q.t, x, x0))

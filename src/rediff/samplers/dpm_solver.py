@@ -21,15 +21,18 @@ import torch
 
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
+from rediff.parametrization import Target
 from rediff.samplers._common import (
     Callback,
     Point,
-    eps_from_x0,
+    check_order,
+    evaluate,
     expm1_neg,
     noise_like,
     notify,
     point_at_lam,
     points,
+    push,
     working,
 )
 
@@ -37,8 +40,7 @@ from rediff.samplers._common import (
 
 
 def _eps(denoiser: Denoiser, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
-    x0 = denoiser(x, p.t)
-    return eps_from_x0(x, x0, p), x0
+    return evaluate(denoiser, x, p, Target.EPS)
 
 
 def _first_order(x: Tensor, eps: Tensor, p: Point, q: Point) -> Tensor:
@@ -70,11 +72,6 @@ def _dpm_solver_step(
     return _first_order(x, eps, p, q) - (q.sigma / r2) * phi * (eps2 - eps)
 
 
-def _check_order(order: int, allowed: tuple[int, ...]) -> None:
-    if order not in allowed:
-        raise ValueError(f"order must be one of {allowed}, got {order!r}")
-
-
 def dpm_solver(
     denoiser: Denoiser,
     x: Tensor,
@@ -87,7 +84,7 @@ def dpm_solver(
     """Single-step DPM-Solver of order 1, 2 or 3 (Lu et al. 2022): ``order`` evaluations per
     step (one for the step into t = 0). Order 1 is DDIM (eta = 0)."""
     del generator  # deterministic
-    _check_order(order, (1, 2, 3))
+    check_order(order, (1, 2, 3))
     grid, x_in = points(denoiser, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
@@ -167,13 +164,13 @@ def dpm_solver_pp(
     """Multistep DPM-Solver++ (Lu et al. 2022b): order 1 (= DDIM), 2 (2M) or 3 (3M), one
     evaluation per step, lower orders while the history fills up and for the step into
     t = 0. ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects fresh noise."""
-    _check_order(order, (1, 2) if sde else (1, 2, 3))
+    check_order(order, (1, 2) if sde else (1, 2, 3))
     grid, x_in = points(denoiser, ts), x
     x = working(x)
     history: list[tuple[float, Tensor]] = []
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser(x, p.t)
-        history = [*history[-(order - 1) :], (p.lam, x0)] if order > 1 else [(p.lam, x0)]
+        history = push(history, (p.lam, x0), order)
         step_order = 1 if q.is_data else min(order, len(history))
         if sde and not q.is_data:
             x = _pp_sde_step(x, history, p, q, step_order, generator)

@@ -18,11 +18,12 @@ import torch
 from rediff._choices import parse_choice
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
-from rediff.parametrization import Target, convert
+from rediff.parametrization import Target
 from rediff.samplers._common import (
     Callback,
     Point,
     check_positive,
+    evaluate,
     expm1_neg,
     noise_like,
     notify,
@@ -32,9 +33,8 @@ from rediff.samplers._common import (
 
 
 def _score(denoiser: Denoiser, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
-    """(score, x0_hat) at point p, the score through the one conversion module."""
-    x0 = denoiser(x, p.t)
-    return convert(x0, x, p.alpha, p.sigma, Target.X0, Target.SCORE), x0
+    """(score, x0_hat) at point p."""
+    return evaluate(denoiser, x, p, Target.SCORE)
 
 
 def _euler_maruyama_step(

@@ -22,7 +22,7 @@ import torch
 
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
-from rediff.samplers._common import Callback, Point, notify, points, working
+from rediff.samplers._common import Callback, Point, check_order, notify, points, push, working
 
 
 def _weights(rks: list[float], h: float) -> list[float]:
@@ -85,8 +85,7 @@ def unipc(
     """UniPC multistep sampler of order 2 or 3 (Zhao et al. 2023): UniP-``order`` predictor,
     UniC corrector (disable with ``corrector=False``), one evaluation per step."""
     del generator  # deterministic
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be one of (1, 2, 3), got {order!r}")
+    check_order(order, (1, 2, 3))
     grid, x_in = points(denoiser, ts), x
     x = working(x)
     history: list[tuple[float, Tensor]] = []
@@ -96,7 +95,7 @@ def unipc(
         if corrector and previous is not None:  # UniC on the last step, reusing D(x_p)
             x_prev, p_prev, hist_prev = previous
             x = _update(x_prev, hist_prev, p_prev, p, d_p)
-        history = [*history[-(order - 1) :], (p.lam, d_p)] if order > 1 else [(p.lam, d_p)]
+        history = push(history, (p.lam, d_p), order)
         step_history = history[-1:] if q.is_data else history
         previous = (x, p, step_history)
         x = _update(x, step_history, p, q, None)
