@@ -27,6 +27,7 @@ import torch
 
 import rediff
 from rediff import data, grids, metrics, samplers, schedules
+from rediff.sampling import CountingDenoiser
 
 T = 1000
 SCHEDULE = schedules.DiscreteVP.linear(T, beta_start=1e-4, beta_end=0.02)
@@ -94,7 +95,7 @@ def score(mixture, x, reference, seed=0) -> Scores:
     )
 
 
-def noise_floor(mixture, n, repeats=5) -> Scores:
+def noise_floor(mixture, n, repeats=10) -> Scores:
     rows = []
     for r in range(repeats):
         gen = torch.Generator().manual_seed(1000 + r)
@@ -114,26 +115,30 @@ def noise_floor(mixture, n, repeats=5) -> Scores:
 # ---- rediff ----------------------------------------------------------------------------------
 
 
+def start_noise(mixture, n, seed):
+    """x_T, shared by every run of both libraries at one NFE (so their differences are the
+    samplers', not the draws')."""
+    return torch.randn(
+        n, mixture.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+
+
 def rediff_runs(mixture, n, nfe, seed):
     den = mixture.denoiser(SCHEDULE)
+    x_T = start_noise(mixture, n, seed)
     for name in REDIFF_SAMPLERS:
         entry = samplers.get(name)
         steps = (nfe + 1) // 2 if name == "heun" else nfe // entry.evals_per_step
         if steps < 1:
             continue
         for spacing in REDIFF_SPACINGS:
-            gen = torch.Generator().manual_seed(seed)
-            out = rediff.sample(
-                den,
-                (n, mixture.dim),
-                sampler=name,
-                steps=steps,
-                spacing=spacing,
-                generator=gen,
-                progress=False,
+            counting = CountingDenoiser(den)
+            ts = grids.make(SCHEDULE, steps, spacing)
+            x = entry.function(
+                counting, x_T, ts, generator=torch.Generator().manual_seed(seed), **entry.options
             )
-            if out.nfe <= nfe:
-                yield name, spacing, out.nfe, out.x
+            if counting.calls <= nfe:
+                yield name, spacing, counting.calls, x
 
 
 # ---- diffusers -------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def diffusers_sample(make, mixture, n, steps, seed, model_factory=exact_eps_mode
     scheduler.set_timesteps(steps)
     model, calls = model_factory(mixture, scheduler)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, mixture.dim, generator=gen, dtype=torch.float64) * scheduler.init_noise_sigma
+    x = start_noise(mixture, n, seed) * scheduler.init_noise_sigma
     import inspect
 
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
@@ -372,11 +377,7 @@ def main() -> None:
         den = mixture.denoiser(SCHEDULE)
         x = samplers.ddpm(
             den,
-            SCHEDULE.prior_sample(
-                (args.n, mixture.dim),
-                generator=torch.Generator().manual_seed(3),
-                dtype=torch.float64,
-            ),
+            start_noise(mixture, args.n, 5),
             grids.make(SCHEDULE, 1000, "trailing"),
             generator=torch.Generator().manual_seed(4),
         )
