@@ -116,11 +116,6 @@ def expm1_neg(h: float) -> float:
     return -math.expm1(-h)
 
 
-def sigma_ratio(p: Point, q: Point) -> float:
-    """sigma_q / sigma_p, 0 when q is clean data."""
-    return q.sigma / p.sigma
-
-
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     """A finite, positive (or, with ``allow_zero``, non-negative) option, else a ValueError."""
     ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
