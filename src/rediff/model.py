@@ -102,11 +102,17 @@ class DiffusionModel(nn.Module, Denoiser):
             return 0.25 * torch.log(self.schedule.noise_level(t))
         return t
 
-    def forward(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
-        """x0_hat for x_t: [B, *D], t a scalar or [B]."""
-        t = self.schedule.check_t(batch_time(t, x_t))
+    def target_prediction(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """The network's raw output: its prediction of ``self.target`` at (x_t, t)."""
+        t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         scale = input_scale(self.target, alpha, sigma, self.sigma_data)
         feature_dtype = torch.promote_types(x_t.dtype, torch.float32)
-        out = self.net(expand_to(scale, x_t) * x_t, self.time_feature(t).to(feature_dtype), **cond)
+        return self.net(expand_to(scale, x_t) * x_t, self.time_feature(t).to(feature_dtype), **cond)
+
+    def forward(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """x0_hat for x_t: [B, *D], t a scalar or [B] in [t_min, t_max]."""
+        t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
+        out = self.target_prediction(x_t, t, **cond)
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         return convert(out, x_t, alpha, sigma, self.target, Target.X0, sigma_data=self.sigma_data)

@@ -1,0 +1,151 @@
+"""Denoising objectives: any prediction target, any weighting, any time sampler.
+
+Every target is affine in (x_t, x0) with x0-coefficient b (``rediff.parametrization``), so
+an error in the network's target is an error in x0_hat scaled by b:
+
+    |target_hat - target|^2 = b(alpha, sigma)^2 |x0_hat - x0|^2.
+
+A weighting is therefore one function w(t) in x0 space, and the loss is computed on the
+network's own output, rescaled by w / b^2 (which is 1 when the weighting is the target's own
+"simple" loss). Samplers of t and the loss are separate from the model.
+
+| weighting    | w(t) in x0 space                 | source                                    |
+|--------------|----------------------------------|-------------------------------------------|
+| `simple`     | b_target^2 (plain MSE on target) | Ho et al. 2020, eq. 14 (eps target)       |
+| `snr`        | alpha^2 / sigma^2                | = eps-MSE = sigma^2-weighted DSM (NCSN)   |
+| `x0`         | 1                                | x0-MSE                                    |
+| `edm`        | 1 / c_out^2 = (s^2+sd^2)/(s sd)^2| Karras et al. 2022, table 1               |
+| `likelihood` | g(t)^2 alpha^2 / sigma^4         | Song et al. 2021b, eq. 9 (score-MSE * g^2)|
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from rediff._choices import parse_choice
+from rediff._tensor import Tensor, check_finite, expand_to
+from rediff.model import DiffusionModel
+from rediff.parametrization import Target, coefficients
+from rediff.schedules import DiscreteVP, Schedule
+
+
+class Weighting(str, Enum):
+    """The loss weighting over noise levels (see the module table)."""
+
+    SIMPLE = "simple"
+    SNR = "snr"
+    X0 = "x0"
+    EDM = "edm"
+    LIKELIHOOD = "likelihood"
+
+    @classmethod
+    def parse(cls, value: Weighting | str) -> Weighting:
+        return parse_choice(cls, value, "weighting")
+
+
+class TimeSampler(str, Enum):
+    """How training times are drawn: DDPM's uniform integer steps (DiscreteVP), uniform t in
+    [t_min, t_max], or EDM's log-normal noise level ln s ~ N(p_mean, p_std^2)."""
+
+    STEPS = "steps"
+    UNIFORM = "uniform"
+    LOGNORMAL = "lognormal"
+
+    @classmethod
+    def parse(cls, value: TimeSampler | str) -> TimeSampler:
+        return parse_choice(cls, value, "time sampler")
+
+
+@dataclass(frozen=True)
+class LogNormal:
+    """EDM's training distribution of noise levels (Karras et al. 2022, table 1)."""
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+def sample_times(
+    schedule: Schedule,
+    n: int,
+    sampler: TimeSampler | str = TimeSampler.UNIFORM,
+    *,
+    generator: torch.Generator | None = None,
+    lognormal: LogNormal = LogNormal(),
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """n training times (float64 [n]) from ``sampler``."""
+    sampler = TimeSampler.parse(sampler)
+    if sampler is TimeSampler.STEPS:
+        if not isinstance(schedule, DiscreteVP):
+            raise ValueError(
+                f"time sampler 'steps' draws DDPM's integer steps and needs a DiscreteVP, got "
+                f"{type(schedule).__name__}; use 'uniform' or 'lognormal'"
+            )
+        k = torch.randint(1, schedule.num_steps + 1, (n,), generator=generator)
+        return (k.double() / schedule.num_steps).to(device)
+    if sampler is TimeSampler.UNIFORM:
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(device)
+    z = torch.randn(n, generator=generator, dtype=torch.float64)
+    level = torch.exp(lognormal.p_mean + lognormal.p_std * z)
+    lo, hi = schedule.noise_level(schedule.t_min), schedule.noise_level(schedule.t_max)
+    return schedule.t_from_noise_level(level.clamp(float(lo), float(hi))).to(device)
+
+
+def x0_weight(
+    weighting: Weighting | str, model: DiffusionModel, t: Tensor, alpha: Tensor, sigma: Tensor
+) -> Tensor:
+    """w(t) of the module table, float64 [B]."""
+    weighting = Weighting.parse(weighting)
+    if weighting is Weighting.SIMPLE:
+        return coefficients(model.target, alpha, sigma, model.sigma_data)[1].square()
+    if weighting is Weighting.SNR:
+        return (alpha / sigma).square()
+    if weighting is Weighting.X0:
+        return torch.ones_like(alpha)
+    if weighting is Weighting.EDM:
+        return coefficients(Target.EDM, alpha, sigma, model.sigma_data)[1].square()
+    g2 = model.schedule.diffusion_squared(t)
+    return g2 * alpha.square() / sigma.pow(4)
+
+
+def denoising_loss(
+    model: DiffusionModel,
+    x0: Tensor,
+    *,
+    weighting: Weighting | str = Weighting.SIMPLE,
+    time_sampler: TimeSampler | str = TimeSampler.UNIFORM,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **cond,
+) -> Tensor:
+    """Mean over the batch of (w / b^2) * mean_dims |net(x_t) - target(x0, eps)|^2.
+
+    Args:
+        model: the DiffusionModel being trained (its target decides what the net outputs).
+        x0: clean data [B, *D].
+        weighting: see ``Weighting``; time_sampler: see ``TimeSampler`` (ignored if t given).
+        t, noise: optional fixed times [B] and noise [B, *D] (drawn from ``generator`` if not).
+        cond: conditioning passed to the network (e.g. labels).
+    """
+    check_finite("x0", x0)
+    schedule = model.schedule
+    if t is None:
+        t = sample_times(schedule, x0.shape[0], time_sampler, generator=generator, device=x0.device)
+    t = schedule.check_t(
+        torch.as_tensor(t, dtype=torch.float64, device=x0.device), allow_zero=False
+    )
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    x_t = schedule.marginal(x0, t, noise)
+    prediction = model.target_prediction(x_t, t, **cond)
+    a, b = coefficients(model.target, alpha, sigma, model.sigma_data)
+    truth = expand_to(a, x_t) * x_t + expand_to(b, x0) * x0
+    scale = x0_weight(weighting, model, t, alpha, sigma) / b.square()
+    per_sample = (prediction - truth).square().reshape(x0.shape[0], -1).mean(dim=1)
+    return (scale.to(per_sample.dtype) * per_sample).mean()
