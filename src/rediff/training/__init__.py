@@ -1,0 +1,7 @@
+"""Training: config (strict TOML), the loop with EMA and atomic, resumable checkpoints."""
+
+from rediff.training.config import Config, load_config, to_toml
+from rediff.training.ema import EMA
+from rediff.training.loop import build_model, load_data, train
+
+__all__ = ["EMA", "Config", "build_model", "load_config", "load_data", "to_toml", "train"]
