@@ -36,3 +36,21 @@ def test_mode_weights_and_density_gap():
     assert metrics.log_density_gap(mix, x + 1.0, x) > 1.0
     with pytest.raises(ValueError, match="NaN"):
         metrics.mode_weights_tv(mix, torch.full((3, 2), float("nan")))
+
+
+def test_energy_distance_of_shifted_normals():
+    """For X ~ N(0, 1), Y ~ N(m, 1): X - Y ~ N(-m, 2) and X - X' ~ N(0, 2), with
+    E|N(mu, s^2)| = s sqrt(2/pi) exp(-mu^2 / 2s^2) + mu (1 - 2 Phi(-mu/s))."""
+    gen = torch.Generator().manual_seed(3)
+    m, s = 1.0, math.sqrt(2.0)
+
+    def abs_mean(mu):
+        phi = 0.5 * (1 + math.erf(-mu / s / math.sqrt(2)))
+        return s * math.sqrt(2 / math.pi) * math.exp(-(mu**2) / (2 * s * s)) + mu * (1 - 2 * phi)
+
+    expected = 2 * abs_mean(m) - 2 * abs_mean(0.0)
+    x = torch.randn(6000, 1, generator=gen, dtype=torch.float64)
+    y = m + torch.randn(6000, 1, generator=gen, dtype=torch.float64)
+    assert metrics.energy_distance(x, y) == pytest.approx(expected, rel=0.05)
+    same = metrics.energy_distance(x, torch.randn(6000, 1, generator=gen, dtype=torch.float64))
+    assert abs(same) < 0.01
