@@ -10,15 +10,13 @@ drives data order, times and noise, so a resumed run continues exactly where it 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from rediff import data, losses
-from rediff._io import atomic_save_tensors, load_tensors
+from rediff._io import atomic_save_tensors, atomic_write, load_tensors
 from rediff._tensor import Tensor, check_finite
 from rediff.model import DiffusionModel
 from rediff.nets import MLP, UNet
@@ -61,19 +59,6 @@ def load_data(config: Config) -> tuple[Tensor, Tensor | None]:
     return x, (labels if config.model.num_classes else None)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _save(run: Path, model, ema: EMA, optimizer, step: int, generator) -> None:
     atomic_save_tensors(model.state_dict(), run / "model.safetensors")
     atomic_save_tensors(ema.model.state_dict(), run / "ema.safetensors")
@@ -83,7 +68,7 @@ def _save(run: Path, model, ema: EMA, optimizer, step: int, generator) -> None:
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
-    _atomic_torch_save(state, run / STATE)
+    atomic_write(run / STATE, lambda tmp: torch.save(state, tmp))
 
 
 def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) -> int:
