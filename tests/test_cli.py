@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from rediff.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_demo_writes_pngs(tmp_path, capsys):
@@ -34,3 +37,62 @@ def test_unknown_command_is_refused(capsys):
         main(["trian"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_train_then_sample_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "configs/toy_2d.toml",
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.steps=30",
+        "--set",
+        "train.log_every=10",
+    ]
+    assert main(args) == 0
+    assert {
+        "config.toml",
+        "model.safetensors",
+        "ema.safetensors",
+        "train_state.pt",
+        "metrics.csv",
+        "loss.png",
+    } <= {p.name for p in run.iterdir()}
+    out = tmp_path / "samples.png"
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--sampler",
+                "unipc",
+                "--steps",
+                "5",
+                "--n",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "5 evaluations" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        main(args)
+    with pytest.raises(SystemExit, match="class-conditional"):
+        main(["sample", str(run), "--class", "3", "--out", str(out)])
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        main(["sample", str(tmp_path), "--out", str(out)])
+
+
+def test_configs_parse():
+    from rediff.training import load_config
+
+    paths = sorted(CONFIGS.glob("*.toml"))
+    assert paths
+    for path in paths:
+        config = load_config(path)
+        config.schedule.build()

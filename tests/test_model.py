@@ -116,3 +116,12 @@ def test_bad_call_arguments_are_refused():
         model(torch.zeros(2, 2), 0.5)
     with pytest.raises(ValueError, match="outside"):
         model(torch.zeros(2, 3), 1.5)
+
+
+def test_conditioned_binds_conditioning():
+    net = Replay(torch.zeros(2, 2))
+    model = DiffusionModel(net, VE())
+    bound = rediff.Conditioned(model, labels=torch.tensor([1, 2]))
+    assert bound.schedule is model.schedule
+    bound(torch.zeros(2, 2), 0.5)
+    assert net.seen[2]["labels"].tolist() == [1, 2]

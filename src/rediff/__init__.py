@@ -7,13 +7,14 @@ model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denois
 """
 
 from rediff import data, grids, metrics, parametrization, samplers, schedules
-from rediff.model import Denoiser, DiffusionModel, TimeInput
+from rediff.model import Conditioned, Denoiser, DiffusionModel, TimeInput
 from rediff.parametrization import Prediction, Target, convert
 from rediff.sampling import Samples, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conditioned",
     "Denoiser",
     "DiffusionModel",
     "Prediction",

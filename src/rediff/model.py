@@ -36,6 +36,17 @@ class Denoiser(ABC):
         return Prediction(x_t, x0, self.schedule.alpha(t), self.schedule.sigma(t))
 
 
+class Conditioned(Denoiser):
+    """A Denoiser with its conditioning bound: ``Conditioned(model, labels=y)(x_t, t)`` is
+    ``model(x_t, t, labels=y)``, so samplers, which never pass conditioning, can use it."""
+
+    def __init__(self, denoiser: Denoiser, **cond: Any) -> None:
+        self.denoiser, self.schedule, self.cond = denoiser, denoiser.schedule, cond
+
+    def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        return self.denoiser(x_t, t, **{**self.cond, **cond})
+
+
 class TimeInput(str, Enum):
     """What the network receives as its time input.
 

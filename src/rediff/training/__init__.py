@@ -2,6 +2,15 @@
 
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
-from rediff.training.loop import build_model, load_data, train
+from rediff.training.loop import build_model, load_data, load_run, train
 
-__all__ = ["EMA", "Config", "build_model", "load_config", "load_data", "to_toml", "train"]
+__all__ = [
+    "EMA",
+    "Config",
+    "build_model",
+    "load_config",
+    "load_data",
+    "load_run",
+    "to_toml",
+    "train",
+]

@@ -3,8 +3,9 @@ directory that survives interruption.
 
 Run directory: ``config.toml``, ``model.safetensors``, ``ema.safetensors``,
 ``train_state.pt`` (optimizer state, step, RNG states; loaded with ``weights_only=True``),
-``metrics.csv`` and ``loss.png``. Every file is written atomically, and one torch.Generator
-drives data order, times and noise, so a resumed run continues exactly where it stopped.
+``metrics.csv`` and ``loss.png`` (written at the end). Every file is written atomically, and
+one torch.Generator drives data order, times and noise, so a resumed run continues exactly
+where it stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rediff._io import atomic_save_tensors, atomic_write, load_tensors
 from rediff._tensor import Tensor, check_finite
 from rediff.model import DiffusionModel
 from rediff.nets import MLP, UNet
+from rediff.plots import save_loss_curve
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
 
@@ -101,6 +103,25 @@ def _prepare_run(run: Path, config: Config, resume: bool) -> bool:
     return has_state
 
 
+def load_run(run_dir: str | Path, weights: str = "ema") -> tuple[Config, DiffusionModel]:
+    """A trained run's config and model (``weights``: 'ema' or 'model'), loaded without
+    pickle."""
+    run = Path(run_dir)
+    if not (run / "config.toml").is_file():
+        raise FileNotFoundError(f"{run} is not a run directory (no config.toml)")
+    config = load_config(run / "config.toml")
+    x, _ = load_data(config)
+    model = build_model(config, tuple(x.shape[1:]))
+    state = load_tensors(run / f"{weights}.safetensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{run}/{weights}.safetensors does not fit the run's config: {error}"
+        ) from None
+    return config, model.eval()
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -166,4 +187,5 @@ def train(
         bar.update(1)
     bar.close()
     log.close()
+    save_loss_curve(run / "metrics.csv", run / "loss.png")
     return ema.model

@@ -1,0 +1,69 @@
+"""PNG pictures people would rather look at than read: samples and loss curves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from rediff._tensor import Tensor
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported lazily: it is heavy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_samples(x: Tensor, path: str | Path, title: str = "") -> Path:
+    """2-D points as a scatter plot; images [N, C, H, W] in [-1, 1] as a grid."""
+    plt = pyplot()
+    x = x.detach().float().cpu()
+    if x.ndim == 2 and x.shape[1] == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1, alpha=0.5)
+        ax.set_aspect("equal", adjustable="datalim")
+    elif x.ndim == 4:
+        n = min(x.shape[0], 100)
+        cols = min(n, 10)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(cols, rows), squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < n:
+                img = x[i].clamp(-1, 1).permute(1, 2, 0).numpy()
+                ax.imshow(
+                    img[..., 0] if img.shape[2] == 1 else (img + 1) / 2,
+                    cmap="gray",
+                    vmin=-1,
+                    vmax=1,
+                )
+    else:
+        raise ValueError(
+            f"can picture 2-D points [N, 2] or images [N, C, H, W], got {tuple(x.shape)}"
+        )
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_loss_curve(metrics_csv: str | Path, path: str | Path) -> Path:
+    """The training loss against the step, from a run's metrics.csv."""
+    plt = pyplot()
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
