@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 import rediff
-from rediff import data, samplers, schedules
+from rediff import data, grids, samplers, schedules
+from rediff.plots import pyplot
 from rediff.schedules import Schedule
 
 #: the schedules shown in the log-SNR figure, with their default parameters
@@ -29,31 +30,16 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def times_at_even_log_snr(schedule: Schedule, n: int) -> torch.Tensor:
-    """n times from t_min to t_max, evenly spaced in log-SNR (so every panel shows change)."""
-    lo, hi = schedule.log_snr(schedule.t_max), schedule.log_snr(schedule.t_min)
-    return schedule.t_from_log_snr(torch.linspace(float(hi), float(lo), n, dtype=torch.float64))
-
-
 def plot_forward_2d(path: Path, generator: torch.Generator, n_points: int = 2000) -> Path:
     """Scatter grid: rows are schedules, columns are times at evenly spaced log-SNR."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = {k: SCHEDULES[k] for k in ("VP SDE (LinearVP)", "VE SDE / NCSN (VE)", "EDM")}
     x0 = data.two_moons(n_points, generator=generator).double()
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
     n_cols = 6
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.4 * n_cols, 2.5 * len(rows)))
     for r, (name, sched) in enumerate(rows.items()):
-        for c, t in enumerate(times_at_even_log_snr(sched, n_cols)):
+        for c, t in enumerate(grids.make(sched, n_cols - 1, "logsnr", final_step=False).flip(0)):
             ax = axes[r, c]
             x_t = sched.marginal(x0, float(t), noise)
             ax.scatter(x_t[:, 0].numpy(), x_t[:, 1].numpy(), s=1, alpha=0.5)
@@ -71,7 +57,7 @@ def plot_forward_2d(path: Path, generator: torch.Generator, n_points: int = 2000
 
 def plot_forward_digits(path: Path, generator: torch.Generator) -> Path:
     """Image grid: one digit of each class per row, DDPM steps k across the columns."""
-    plt = _pyplot()
+    plt = pyplot()
     images, labels = data.load_digits()
     first = torch.stack([torch.nonzero(labels == d)[0, 0] for d in range(10)])
     x0 = images[first].double()
@@ -99,7 +85,7 @@ def plot_forward_digits(path: Path, generator: torch.Generator) -> Path:
 
 def plot_log_snr(path: Path) -> Path:
     """log-SNR against t for the schedules on [0, 1], and EDM's against its noise level."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, sched in SCHEDULES.items():
         t = torch.linspace(sched.t_min, sched.t_max, 400, dtype=torch.float64)
@@ -128,7 +114,7 @@ DEMO_NFES = (5, 10, 20)
 def plot_sampler_comparison(path: Path, generator: torch.Generator, n: int = 4000) -> Path:
     """Rows: samplers; columns: evaluation budgets. Titles give the measured NFE and the gap
     between the mean exact log-density of the samples and of exact samples (0 is perfect)."""
-    plt = _pyplot()
+    plt = pyplot()
     mixture = data.eight_gaussians_mixture(radius=2.0, std=0.1)
     denoiser = mixture.denoiser(schedules.DiscreteVP.linear(1000))
     exact = mixture.sample(n, generator=generator)

@@ -69,9 +69,10 @@ def sample(
     with tqdm(total=len(ts) - 1, desc=f"{sampler} ({steps} steps)", disable=not progress) as bar:
 
         def advance(step: Step) -> None:
-            bar.update(1 if sampler != "ode" else len(ts) - 1)
+            bar.update(1)
 
         x = entry.function(
             counting, x, ts, generator=generator, callback=advance, **{**entry.options, **options}
         )
+        bar.update(bar.total - bar.n)  # adaptive solvers report once, at the end
     return Samples(x, counting.calls, ts)

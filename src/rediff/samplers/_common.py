@@ -116,6 +116,13 @@ def expm1_neg(h: float) -> float:
     return -math.expm1(-h)
 
 
+def transition_variance(p: Point, q: Point) -> float:
+    """Variance of the forward transition q(x_p | x_q) from the less noisy q to p:
+    sigma_p^2 - (alpha_p/alpha_q)^2 sigma_q^2 = sigma_p^2 (1 - e^{-2h}) (DDPM's beta for one
+    step; the reverse-diffusion predictor's G^2)."""
+    return p.sigma**2 * expm1_neg(2.0 * (q.lam - p.lam))
+
+
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     """A finite, positive (or, with ``allow_zero``, non-negative) option, else a ValueError."""
     ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)

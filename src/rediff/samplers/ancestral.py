@@ -37,6 +37,7 @@ from rediff.samplers._common import (
     noise_like,
     notify,
     points,
+    transition_variance,
     working,
 )
 from rediff.samplers.analytic import GammaTable
@@ -128,7 +129,7 @@ def ddpm(
         x0 = denoiser(x, p.t)
         v = posterior_variance(p, q)
         if variance is Variance.BETA:
-            w = p.sigma**2 * expm1_neg(2.0 * (q.lam - p.lam))
+            w = transition_variance(p, q)
         elif variance is Variance.BETA_TILDE:
             w = v
         else:

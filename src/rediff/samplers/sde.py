@@ -24,10 +24,10 @@ from rediff.samplers._common import (
     Point,
     check_positive,
     evaluate,
-    expm1_neg,
     noise_like,
     notify,
     points,
+    transition_variance,
     working,
 )
 
@@ -94,7 +94,7 @@ def _reverse_diffusion(x: Tensor, score: Tensor, p: Point, q: Point, generator) 
     """Reverse-diffusion predictor (Song et al. 2021, eq. 46) for the forward transition
     x_p = (alpha_p/alpha_q) x_q + G z, G^2 = sigma_p^2 (1 - e^{-2h}):
     x_q = x_p - (alpha_p/alpha_q - 1) x_p + G^2 score + G z."""
-    g2 = p.sigma**2 * expm1_neg(2.0 * (q.lam - p.lam))
+    g2 = transition_variance(p, q)
     mean = (2.0 - p.alpha / q.alpha) * x + g2 * score
     return mean + math.sqrt(g2) * noise_like(x, generator)
 

@@ -11,6 +11,7 @@ where it stopped.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel
     classes = m.num_classes or None
     if m.net == "mlp":
         net = MLP(
-            int(torch.tensor(dim_or_shape).prod()),
+            math.prod(dim_or_shape),
             m.width,
             m.depth,
             time_scale=m.time_scale,
