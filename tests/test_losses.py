@@ -10,7 +10,8 @@ from conftest import gaussian_data
 from torch import nn
 
 import rediff
-from rediff import losses, schedules
+from rediff import divergence, losses, schedules
+from rediff.model import DiffusionModel
 
 F64 = torch.float64
 
@@ -132,3 +133,79 @@ def test_bad_loss_input_is_refused():
         losses.denoising_loss(model, torch.full((4, 2), math.nan, dtype=F64))
     with pytest.raises(ValueError, match="outside"):
         losses.denoising_loss(model, x0, t=torch.zeros(4, dtype=F64))
+
+
+class _Linear(torch.nn.Module):
+    """s(x) = A x + b, ignoring time: a linear score model."""
+
+    def __init__(self, A, b):
+        super().__init__()
+        self.A, self.b = torch.nn.Parameter(A.clone()), torch.nn.Parameter(b.clone())
+
+    def forward(self, x, time):
+        return x @ self.A.T + self.b
+
+
+def _linear_score_model(A, b):
+    sched = schedules.VE(0.01, 10.0)
+    return DiffusionModel(_Linear(A, b), sched, target="score")
+
+
+def test_sliced_and_exact_score_matching_agree_in_expectation():
+    """On a linear score model tr(ds/dx) = tr(A) at every x, so exact score matching is
+    sigma^2 (tr A + |Ax + b|^2 / 2) / d; sliced score matching averages v^T A v over probes,
+    whose mean is tr A, for Rademacher and Gaussian probes alike."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.tensor([[-2.0, 0.7, 0.1], [0.3, -1.0, 0.4], [0.0, 0.5, -3.0]], dtype=torch.float64)
+    b = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    model = _linear_score_model(A, b)
+    x0 = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    t = torch.full((64,), 0.5, dtype=torch.float64)
+    noise = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    exact = losses.score_matching_loss(model, x0, t, noise)
+    x_t = model.schedule.marginal(x0, t, noise)
+    sigma2 = float(model.schedule.sigma(0.5)) ** 2
+    closed = sigma2 * (A.trace() + 0.5 * (x_t @ A.T + b).square().sum(1)).mean() / 3
+    assert torch.allclose(exact, closed, rtol=1e-10)
+    exact_grad = torch.autograd.grad(exact, model.net.A)[0]
+    for probe in ["rademacher", "gaussian"]:
+        values, grads = [], []
+        for _ in range(400):
+            probes = divergence.draw_probes(x0, 1, probe, gen)
+            sliced = losses.score_matching_loss(model, x0, t, noise, probes)
+            values.append(float(sliced.detach()))
+            grads.append(torch.autograd.grad(sliced, model.net.A)[0])
+        values = torch.tensor(values, dtype=torch.float64)
+        se = float(values.std() / math.sqrt(len(values)))
+        assert abs(float(values.mean()) - float(exact)) < 5 * se
+        grads = torch.stack(grads)
+        grad_se = grads.std(0) / math.sqrt(len(grads))
+        assert torch.all((grads.mean(0) - exact_grad).abs() < 5 * grad_se + 1e-12)
+
+
+def test_score_matching_minimiser_is_the_noised_score():
+    """Sliced score matching on N(m, C) noised to sigma: the linear model's optimum is the
+    score of N(m, C + sigma^2 I), A = -(C + sigma^2 I)^-1, b = -A m (VE: alpha = 1)."""
+    gen = torch.Generator().manual_seed(3)
+    m = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    C = torch.tensor([[0.6, 0.25], [0.25, 0.4]], dtype=torch.float64)
+    L = torch.linalg.cholesky(C)
+    model = _linear_score_model(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2))
+    model.double()
+    objective = losses.Objective("sliced_sm", probes=2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    t_fixed = 0.3
+    for step in range(600):
+        x0 = m + torch.randn(512, 2, generator=gen, dtype=torch.float64) @ L.T
+        draws = objective.draw(model.schedule, x0, gen)
+        draws["t"] = torch.full((512,), t_fixed, dtype=torch.float64)
+        for group in opt.param_groups:
+            group["lr"] = 0.05 if step < 400 else 0.005
+        loss = objective(model, x0, draws)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    s2 = float(model.schedule.sigma(t_fixed)) ** 2
+    A_true = -torch.linalg.inv(C + s2 * torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(model.net.A.detach(), A_true, atol=0.05 * A_true.abs().max())
+    assert torch.allclose(model.net.b.detach(), -A_true @ m, atol=0.05 * (A_true @ m).abs().max())

@@ -1,4 +1,6 @@
-"""Denoising objectives: any prediction target, any weighting, any time sampler.
+"""Training objectives, separate from models: the denoising loss (any prediction target, any
+weighting, any time sampler), DDPM's variational bound and the hybrid, and score matching
+(sliced and exact). ``Objective`` bundles one of them with its draws for the training loop.
 
 Every target is affine in (x_t, x0) with x0-coefficient b (``rediff.parametrization``), so
 an error in the network's target is an error in x0_hat scaled by b:
@@ -20,13 +22,15 @@ network's own output, rescaled by w / b^2 (which is 1 when the weighting is the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
 import torch
 
+from rediff import divergence, vlb
 from rediff._choices import parse_choice
-from rediff._tensor import Tensor, check_finite, expand_to
+from rediff._tensor import Tensor, check_finite, expand_to, sum_except_batch
 from rediff.model import DiffusionModel
 from rediff.parametrization import Target, coefficients
 from rediff.schedules import DiscreteVP, Schedule
@@ -112,6 +116,12 @@ def x0_weight(
     return g2 * alpha.square() / sigma.pow(4)
 
 
+def _checked_times(schedule: Schedule, x0: Tensor, t: Tensor) -> Tensor:
+    return schedule.check_t(
+        torch.as_tensor(t, dtype=torch.float64, device=x0.device), allow_zero=False
+    )
+
+
 def denoising_loss(
     model: DiffusionModel,
     x0: Tensor,
@@ -136,9 +146,7 @@ def denoising_loss(
     schedule = model.schedule
     if t is None:
         t = sample_times(schedule, x0.shape[0], time_sampler, generator=generator, device=x0.device)
-    t = schedule.check_t(
-        torch.as_tensor(t, dtype=torch.float64, device=x0.device), allow_zero=False
-    )
+    t = _checked_times(schedule, x0, t)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
@@ -149,3 +157,126 @@ def denoising_loss(
     scale = x0_weight(weighting, model, t, alpha, sigma) / b.square()
     per_sample = (prediction - truth).square().reshape(x0.shape[0], -1).mean(dim=1)
     return (scale.to(per_sample.dtype) * per_sample).mean()
+
+
+def vlb_loss(
+    model: DiffusionModel,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    *,
+    variance: vlb.ReverseVariance | str = vlb.ReverseVariance.BETA,
+    levels: int = 256,
+    **cond,
+) -> Tensor:
+    """The discrete variational bound in bits per dimension, estimated from one step per
+    sample: L_T + T L_{k-1}, k = T t uniform on 1..T (``rediff.vlb``), batch mean. Its
+    expectation over k is the whole bound, so it trains what ``rediff.vlb.vlb`` reports."""
+    schedule = vlb.discrete_schedule(model)
+    k = torch.round(_checked_times(schedule, x0, t) * schedule.num_steps).long()
+    terms = vlb.step_terms(model, x0, k, noise, variance=variance, levels=levels, **cond)
+    total = schedule.prior_kl(x0).to(terms.device) + schedule.num_steps * terms
+    return (total / (x0[0].numel() * math.log(2.0))).mean()
+
+
+def score_matching_loss(
+    model: DiffusionModel,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    probes: Tensor | None = None,
+    **cond,
+) -> Tensor:
+    """Score matching on the noised data x_t ~ q_t (Hyvarinen 2005; with sigma^2 weighting as
+    in NCSN, Song & Ermon 2019), per dimension and batch mean:
+
+        sigma(t)^2 [tr(d s / d x_t) + |s(x_t, t)|^2 / 2] / d,
+
+    minimised by the score of q_t. ``probes=None`` takes the exact trace (d backward passes:
+    low-dimensional data); probes [n, B, *D] give sliced score matching with variance
+    reduction (Song et al. 2019, eq. 8), the trace replaced by its Hutchinson estimate.
+    """
+    t = _checked_times(model.schedule, x0, t)
+    x_t = model.schedule.marginal(x0, t, noise).detach().requires_grad_(True)
+    score = model.predict(x_t, t, **cond).score
+    trace = (
+        divergence.exact(score, x_t, create_graph=True)
+        if probes is None
+        else divergence.hutchinson(score, x_t, probes, create_graph=True)
+    )
+    sigma2 = model.schedule.sigma(t).square().to(score.dtype)
+    per_sample = sigma2 * (trace + 0.5 * sum_except_batch(score.square()))
+    return (per_sample / x0[0].numel()).mean()
+
+
+class Loss(str, Enum):
+    """The training objective of ``Objective``."""
+
+    DENOISING = "denoising"
+    VLB = "vlb"
+    HYBRID = "hybrid"  # denoising (simple) + vlb_weight * vlb (Nichol & Dhariwal 2021, eq. 16)
+    SLICED_SM = "sliced_sm"
+    EXACT_SM = "exact_sm"
+
+    @classmethod
+    def parse(cls, value: Loss | str) -> Loss:
+        return parse_choice(cls, value, "loss")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training objective and the randomness it needs.
+
+    ``draw`` makes every random input for a batch (times ``t``, ``noise`` and, for sliced
+    score matching, ``probes``) and ``__call__`` is a deterministic function of them. The
+    training loop draws for the global batch and hands each process its slice, so data-parallel
+    training computes exactly what one process would.
+    """
+
+    kind: Loss | str = Loss.DENOISING
+    weighting: Weighting | str = Weighting.SIMPLE
+    time_sampler: TimeSampler | str = TimeSampler.UNIFORM
+    vlb_weight: float = 1e-3
+    variance: vlb.ReverseVariance | str = vlb.ReverseVariance.BETA
+    levels: int = 256
+    probes: int = 1
+    probe: divergence.Probe | str = divergence.Probe.RADEMACHER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Loss.parse(self.kind))
+        object.__setattr__(self, "weighting", Weighting.parse(self.weighting))
+        object.__setattr__(self, "time_sampler", TimeSampler.parse(self.time_sampler))
+        object.__setattr__(self, "variance", vlb.ReverseVariance.parse(self.variance))
+        object.__setattr__(self, "probe", divergence.Probe.parse(self.probe))
+        if self.kind in (Loss.VLB, Loss.HYBRID) and self.time_sampler is not TimeSampler.STEPS:
+            raise ValueError(
+                f"loss {self.kind.value!r} estimates a sum over DDPM's steps: set "
+                "time_sampler = 'steps'"
+            )
+
+    def draw(
+        self, schedule: Schedule, x0: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """The random inputs for a batch shaped like x0 (per-sample along dim 0 of each,
+        except ``probes`` [n, B, *D], per-sample along dim 1)."""
+        t = sample_times(schedule, x0.shape[0], self.time_sampler, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        draws = {"t": t.to(x0.device), "noise": noise.to(x0.device)}
+        if self.kind is Loss.SLICED_SM:
+            draws["probes"] = divergence.draw_probes(x0, self.probes, self.probe, generator)
+        return draws
+
+    def __call__(self, model: DiffusionModel, x0: Tensor, draws: dict[str, Tensor], **cond):
+        """The batch-mean loss for data x0 and the inputs ``draws`` made by ``draw``."""
+        t, noise = draws["t"], draws["noise"]
+        if self.kind in (Loss.SLICED_SM, Loss.EXACT_SM):
+            return score_matching_loss(model, x0, t, noise, draws.get("probes"), **cond)
+        bound = (
+            vlb_loss(model, x0, t, noise, variance=self.variance, levels=self.levels, **cond)
+            if self.kind in (Loss.VLB, Loss.HYBRID)
+            else None
+        )
+        if self.kind is Loss.VLB:
+            return bound
+        simple = denoising_loss(model, x0, weighting=self.weighting, t=t, noise=noise, **cond)
+        return simple if bound is None else simple + self.vlb_weight * bound

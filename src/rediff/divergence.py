@@ -1,0 +1,61 @@
+"""The divergence (trace of the Jacobian) of a vector field, exactly or by Hutchinson's
+estimator, for score matching and probability-flow likelihoods.
+
+- exact: tr(df/dx) = sum_i d f_i / d x_i, one reverse-mode pass per dimension (small d);
+- Hutchinson (1990) / Skilling (1989): tr(J) = E_v[v^T J v] for any probe with E[v v^T] = I:
+  Rademacher (+-1, the lower-variance choice) or standard Gaussian; each probe costs one
+  vector-Jacobian product.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+from rediff._choices import parse_choice
+from rediff._tensor import Tensor, sum_except_batch
+
+
+class Probe(str, Enum):
+    """Hutchinson probe distribution."""
+
+    RADEMACHER = "rademacher"
+    GAUSSIAN = "gaussian"
+
+    @classmethod
+    def parse(cls, value: Probe | str) -> Probe:
+        return parse_choice(cls, value, "probe")
+
+
+def draw_probes(x: Tensor, n: int, kind: Probe | str = Probe.RADEMACHER, generator=None) -> Tensor:
+    """n probes shaped like x: [n, *x.shape], with E[v v^T] = I."""
+    kind = Probe.parse(kind)
+    if n < 1:
+        raise ValueError(f"the number of probes must be >= 1, got {n}")
+    v = torch.randn((n, *x.shape), generator=generator, dtype=x.dtype)
+    if kind is Probe.RADEMACHER:
+        v = torch.sign(v)  # a fair sign from a symmetric draw; P(v = 0) = 0
+    return v.to(x.device)
+
+
+def exact(f: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
+    """tr(df/dx) per sample for f = F(x) computed with x.requires_grad: [B, *D] -> [B].
+    Each sample's f may depend on that sample's x only."""
+    flat = f.reshape(f.shape[0], -1)
+    total = torch.zeros(f.shape[0], dtype=f.dtype, device=f.device)
+    for i in range(flat.shape[1]):
+        (g,) = torch.autograd.grad(
+            flat[:, i].sum(), x, create_graph=create_graph, retain_graph=True
+        )
+        total = total + g.reshape(g.shape[0], -1)[:, i]
+    return total
+
+
+def hutchinson(f: Tensor, x: Tensor, probes: Tensor, create_graph: bool = False) -> Tensor:
+    """The mean over probes v [n, *D] of v^T (df/dx) v per sample: [B]."""
+    total = torch.zeros(f.shape[0], dtype=f.dtype, device=f.device)
+    for v in probes:
+        (vjp,) = torch.autograd.grad((f * v).sum(), x, create_graph=create_graph, retain_graph=True)
+        total = total + sum_except_batch(vjp * v)
+    return total / probes.shape[0]

@@ -1,0 +1,271 @@
+"""DDPM's discrete variational bound (Ho et al. 2020, eq. 5; Sohl-Dickstein et al. 2015).
+
+For a DiscreteVP with steps k = 1..T and data x0 on a grid of ``levels`` values in [-1, 1],
+
+    -log p(x0) <= L_T + sum_{k=2}^{T} L_{k-1} + L_0,
+    L_T     = KL(q(x_T | x0) || N(0, I)),
+    L_{k-1} = E_q KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)),
+    L_0     = -E_q log p(x0 | x_1)     (the discretised Gaussian decoder, eq. 13).
+
+The reverse step p(x_{k-1} | x_k) = N(mu_tilde(x_k, x0_hat(x_k)), s_k^2 I) uses the posterior
+mean with the denoiser's x0_hat and a fixed variance s_k^2: DDPM's beta_k or the posterior
+variance beta_tilde_k (at k = 1, where beta_tilde_1 = 0, beta_tilde_2 is used, as in
+Nichol & Dhariwal 2021's clipped log-variance). With (alpha, sigma) of the two steps,
+
+    mu_tilde = (alpha_k / alpha_{k-1}) (sigma_{k-1}^2 / sigma_k^2) x_k + c0_k x0,
+    c0_k = alpha_{k-1} beta_k / sigma_k^2,   beta_tilde_k = sigma_{k-1}^2 beta_k / sigma_k^2,
+
+so the model's and the true mean differ by c0_k (x0 - x0_hat), and each KL between isotropic
+Gaussians is, per dimension, 0.5 (log(s^2 / v) + v / s^2 - 1 + (c0 (x0 - x0_hat))^2 / s^2).
+Terms are in nats per sample; ``bits_per_dim`` divides by d ln 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from rediff._choices import parse_choice
+from rediff._tensor import Tensor, check_finite, expand_to, sum_except_batch
+from rediff.model import Denoiser
+from rediff.schedules import DiscreteVP
+
+_LN2 = math.log(2.0)
+
+
+class ReverseVariance(str, Enum):
+    """The fixed variance of p(x_{k-1} | x_k): beta_k (upper bound) or beta_tilde_k."""
+
+    BETA = "beta"
+    BETA_TILDE = "beta_tilde"
+
+    @classmethod
+    def parse(cls, value: ReverseVariance | str) -> ReverseVariance:
+        return parse_choice(cls, value, "reverse variance")
+
+
+def discrete_schedule(denoiser: Denoiser) -> DiscreteVP:
+    """The denoiser's schedule, which the discrete bound needs to be a DiscreteVP."""
+    schedule = denoiser.schedule
+    if not isinstance(schedule, DiscreteVP):
+        raise ValueError(
+            f"the discrete variational bound needs a DiscreteVP schedule (integer steps), got "
+            f"{type(schedule).__name__}; use the probability-flow ODE likelihood instead"
+        )
+    return schedule
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """Float64 [T] tables indexed by k - 1: alpha_k, sigma_k, beta_k, c0_k, beta_tilde_k."""
+
+    alpha: Tensor
+    sigma: Tensor
+    beta: Tensor
+    c0: Tensor
+    beta_tilde: Tensor
+
+    @classmethod
+    def of(cls, schedule: DiscreteVP) -> StepCoefficients:
+        abar = schedule.alphas_cumprod()
+        beta = torch.tensor(schedule.betas, dtype=torch.float64)
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        sigma2 = 1.0 - abar
+        return cls(
+            alpha=abar.sqrt(),
+            sigma=sigma2.sqrt(),
+            beta=beta,
+            c0=abar_prev.sqrt() * beta / sigma2,
+            beta_tilde=(1.0 - abar_prev) * beta / sigma2,
+        )
+
+    def reverse_variance(self, variance: ReverseVariance) -> Tensor:
+        """s_k^2, float64 [T]."""
+        if variance is ReverseVariance.BETA:
+            return self.beta
+        clipped = self.beta_tilde.clone()
+        clipped[0] = self.beta_tilde[1] if len(clipped) > 1 else self.beta[0]
+        return clipped
+
+
+def _normal_cdf(z: Tensor) -> Tensor:
+    return 0.5 * torch.erfc(-z / math.sqrt(2.0))
+
+
+def decoder_log_prob(x0: Tensor, mean: Tensor, std: Tensor | float, levels: int = 256) -> Tensor:
+    """log p(x0 | x_1) of DDPM's discretised Gaussian decoder (Ho et al. 2020, eq. 13), summed
+    over dimensions: [B, *D] -> [B], float64.
+
+    x0 lies on ``levels`` equally spaced values in [-1, 1] (256 for 8-bit images, 17 for the
+    digits); each value owns the interval of half-width 1 / (levels - 1) around it, and the
+    two end values own the tails to -inf and +inf, so the probabilities sum to one.
+    """
+    if levels < 2:
+        raise ValueError(f"levels must be at least 2, got {levels}")
+    half = 1.0 / (levels - 1)
+    x = x0.to(torch.float64)
+    std = expand_to(torch.as_tensor(std, dtype=torch.float64), x)
+    upper = torch.where(x > 1.0 - half / 2, torch.inf, (x + half - mean) / std)
+    lower = torch.where(x < -1.0 + half / 2, -torch.inf, (x - half - mean) / std)
+    # difference of CDFs taken on the side of the mean where it is not a difference of ones
+    flip = lower > 0
+    hi, lo = torch.where(flip, -lower, upper), torch.where(flip, -upper, lower)
+    prob = _normal_cdf(hi) - _normal_cdf(lo)
+    return sum_except_batch(torch.log(prob.clamp_min(1e-300)))
+
+
+def _check_data(x0: Tensor) -> None:
+    check_finite("x0", x0)
+    if bool((x0.abs() > 1.0 + 1e-6).any()):
+        raise ValueError(
+            "the discrete bound models data in [-1, 1] (pixels mapped by x = 2 p / max - 1); "
+            f"got values in [{float(x0.min()):.3g}, {float(x0.max()):.3g}]"
+        )
+
+
+def _step_times(schedule: DiscreteVP, k: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+    """k as a long tensor in 1..T (index k - 1 on the CPU) and its time k / T on x0's device."""
+    k = torch.as_tensor(k).long().cpu()
+    if k.ndim != 1 or k.shape[0] != x0.shape[0]:
+        raise ValueError(f"k must have shape [B] = [{x0.shape[0]}], got {tuple(k.shape)}")
+    if bool((k < 1).any()) or bool((k > schedule.num_steps).any()):
+        raise ValueError(f"steps k must lie in 1..{schedule.num_steps}")
+    return k - 1, (k.double() / schedule.num_steps).to(x0.device)
+
+
+def _denoise(denoiser: Denoiser, schedule, x0, t, noise, cond) -> Tensor:
+    """x0_hat(x_k) in float64 for one draw x_k = alpha_k x0 + sigma_k noise."""
+    return denoiser(schedule.marginal(x0, t, noise), t, **cond).to(torch.float64)
+
+
+def kl_term(
+    denoiser: Denoiser,
+    x0: Tensor,
+    k: Tensor,
+    noise: Tensor,
+    *,
+    variance: ReverseVariance | str = ReverseVariance.BETA,
+    **cond,
+) -> Tensor:
+    """L_{k-1} = KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)) per sample for k [B] in 2..T,
+    nats, float64 [B], from one draw of x_k (its mean over draws is the term)."""
+    schedule = discrete_schedule(denoiser)
+    i, t = _step_times(schedule, k, x0)
+    if bool((i < 1).any()):
+        raise ValueError("kl_term takes k >= 2; k = 1 is the decoder term (decoder_nll)")
+    c = StepCoefficients.of(schedule)
+    s2 = c.reverse_variance(ReverseVariance.parse(variance))[i].to(x0.device)
+    v, c0 = c.beta_tilde[i].to(x0.device), c.c0[i].to(x0.device)
+    x0_hat = _denoise(denoiser, schedule, x0, t, noise, cond)
+    err = sum_except_batch((x0.to(torch.float64) - x0_hat).square())
+    d = x0[0].numel()
+    return 0.5 * (d * (torch.log(s2 / v) + v / s2 - 1.0) + c0.square() * err / s2)
+
+
+def decoder_nll(
+    denoiser: Denoiser,
+    x0: Tensor,
+    noise: Tensor,
+    *,
+    variance: ReverseVariance | str = ReverseVariance.BETA,
+    levels: int = 256,
+    **cond,
+) -> Tensor:
+    """L_0 = -log p(x0 | x_1) per sample, nats, float64 [B], from one draw of x_1. The
+    decoder's mean is mu_tilde at k = 1, which is x0_hat (alpha_0 = 1, sigma_0 = 0)."""
+    schedule = discrete_schedule(denoiser)
+    _check_data(x0)
+    _, t = _step_times(schedule, torch.ones(x0.shape[0]), x0)
+    std = StepCoefficients.of(schedule).reverse_variance(ReverseVariance.parse(variance))[0]
+    x0_hat = _denoise(denoiser, schedule, x0, t, noise, cond)
+    return -decoder_log_prob(x0, x0_hat, float(std.sqrt()), levels)
+
+
+def step_terms(
+    denoiser: Denoiser,
+    x0: Tensor,
+    k: Tensor,
+    noise: Tensor,
+    *,
+    variance: ReverseVariance | str = ReverseVariance.BETA,
+    levels: int = 256,
+    **cond,
+) -> Tensor:
+    """L_{k-1} (k >= 2) or L_0 (k = 1) per sample for mixed steps k [B] (training draws)."""
+    schedule = discrete_schedule(denoiser)
+    i, _ = _step_times(schedule, k, x0)
+    k, first = i + 1, (i == 0).to(x0.device)
+    kl = kl_term(denoiser, x0, k.clamp_min(2), noise, variance=variance, **cond)
+    if not bool(first.any()):
+        return kl
+    nll = decoder_nll(denoiser, x0, noise, variance=variance, levels=levels, **cond)
+    return torch.where(first, nll, kl)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The bound per sample, in nats (float64 [B]): ``prior`` L_T, ``decoder`` L_0,
+    ``diffusion`` sum_{k>=2} L_{k-1} (exact sum or estimate), their ``total``;
+    ``diffusion_se`` is the standard error of a subsampled ``diffusion`` (0 for the full
+    sum); ``terms`` [T] the batch mean of each L_{k-1} (full sum only); ``dims`` = d."""
+
+    prior: Tensor
+    decoder: Tensor
+    diffusion: Tensor
+    diffusion_se: Tensor
+    terms: Tensor | None
+    dims: int
+
+    @property
+    def total(self) -> Tensor:
+        return self.prior + self.decoder + self.diffusion
+
+    @property
+    def bits_per_dim(self) -> Tensor:
+        return self.total / (self.dims * _LN2)
+
+
+def vlb(
+    denoiser: Denoiser,
+    x0: Tensor,
+    *,
+    variance: ReverseVariance | str = ReverseVariance.BETA,
+    levels: int = 256,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    **cond,
+) -> Bound:
+    """The discrete variational bound of ``x0`` [B, *D] in [-1, 1].
+
+    ``num_steps=None`` sums all T - 1 diffusion terms (T denoiser calls); an integer m draws
+    m steps uniformly from 2..T per sample and reports (T - 1) times their mean with its
+    standard error (m >= 2).
+    """
+    schedule = discrete_schedule(denoiser)
+    T, B = schedule.num_steps, x0.shape[0]
+
+    def noise() -> Tensor:
+        return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+
+    def terms_at(k: Tensor) -> Tensor:
+        with torch.no_grad():
+            return kl_term(denoiser, x0, k, noise(), variance=variance, **cond)
+
+    with torch.no_grad():
+        decoder = decoder_nll(denoiser, x0, noise(), variance=variance, levels=levels, **cond)
+    if num_steps is None:
+        per_step = torch.stack([terms_at(torch.full((B,), k)) for k in range(2, T + 1)])
+        diffusion, se, means = per_step.sum(0), torch.zeros_like(decoder), per_step.mean(1)
+    else:
+        if num_steps < 2:
+            raise ValueError(f"num_steps must be >= 2 for a standard error, got {num_steps}")
+        draws = torch.stack(
+            [terms_at(torch.randint(2, T + 1, (B,), generator=generator)) for _ in range(num_steps)]
+        )
+        diffusion = (T - 1) * draws.mean(0)
+        se, means = (T - 1) * draws.std(0) / math.sqrt(num_steps), None
+    prior = schedule.prior_kl(x0).to(decoder.device)
+    return Bound(prior, decoder, diffusion, se, means, x0[0].numel())
