@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import rediff
 from rediff import data, metrics
 from rediff._io import load_tensors
-from rediff.training import build_model, load_config, train
+from rediff.training import build_model, load_config, load_run, to_toml, train
 
 SMALL = [
     "data.name='moons'",
@@ -95,3 +100,97 @@ def test_existing_runs_are_protected(tmp_path):
     with pytest.raises(ValueError, match="different config"):
         train(other, run, resume=True, progress=False)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def _params(run):
+    return load_tensors(run / "model.safetensors")
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    """Two gloo processes, each on half of the global batch, end where one process ends."""
+    config = tmp_path / "small.toml"
+    config.write_text(to_toml(load_config(None, [*SMALL, "train.steps=8", "train.batch_size=64"])))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rediff_cli = [sys.executable, "-m", "rediff", "train", str(config), "--run-dir"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    subprocess.run([*rediff_cli, str(tmp_path / "one")], check=True, env=env)
+    subprocess.run(
+        [
+            *torchrun,
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "rediff",
+            "train",
+            str(config),
+            "--run-dir",
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        env=env,
+    )
+    one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(
+        one["net.out.2.weight"],
+        build_model(load_config(config), (2,)).state_dict()["net.out.2.weight"],
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            "loss.kind='vlb'",
+            "loss.time_sampler='steps'",
+            "model.target='eps'",
+            "data.kind='digits'",
+        ],
+        [
+            "loss.kind='hybrid'",
+            "loss.time_sampler='steps'",
+            "model.target='eps'",
+            "data.kind='digits'",
+        ],
+        ["loss.kind='sliced_sm'", "model.target='score'", "schedule.kind='ve'"],
+        ["loss.kind='exact_sm'", "model.target='score'", "schedule.kind='ve'"],
+        ["train.precision='bf16'"],
+    ],
+    ids=["vlb", "hybrid", "sliced_sm", "exact_sm", "bf16"],
+)
+def test_every_objective_and_bf16_autocast_train(tmp_path, overrides):
+    config = load_config(None, [*SMALL, "train.steps=200", *overrides])
+    model = train(config, tmp_path / "run", progress=False)
+    losses_logged = [
+        float(row.split(",")[1])
+        for row in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    ]
+    assert all(math.isfinite(v) for v in losses_logged)
+    early, late = sum(losses_logged[:3]) / 3, sum(losses_logged[-3:]) / 3
+    assert late < early, (early, late)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sample_grids_are_written_during_training(tmp_path):
+    config = load_config(None, [*SMALL, "train.steps=20", "train.sample_every=10", "sample.n=200"])
+    train(config, tmp_path / "run", progress=False)
+    grids = sorted(p.name for p in (tmp_path / "run" / "samples").iterdir())
+    assert grids == ["step_0000010.png", "step_0000020.png"]
+
+
+def test_data_the_bound_cannot_model_is_refused_before_the_run_starts(tmp_path):
+    config = load_config(None, [*SMALL, "loss.kind='vlb'", "loss.time_sampler='steps'"])
+    with pytest.raises(ValueError, match=r"data in \[-1, 1\]"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, [*SMALL, "train.steps=5"]), run, progress=False)
+    text = (run / "config.toml").read_text().replace("width = 64", "width = 32")
+    (run / "config.toml").write_text(text)
+    with pytest.raises(ValueError, match="does not fit the run's config"):
+        load_run(run)

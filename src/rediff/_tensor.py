@@ -60,3 +60,16 @@ def check_finite(name: str, x: Tensor) -> None:
     """Raise a ValueError naming ``name`` if ``x`` holds a NaN or an infinity."""
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf values; clean or rescale the input")
+
+
+def randn(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """N(0, I) of ``shape`` on ``device``, drawn on the generator's own device (so a CPU
+    generator drives GPU runs too, and the same seed gives the same numbers everywhere)."""
+    where = generator.device if generator is not None else device
+    z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=where)
+    return z if device is None else z.to(device)

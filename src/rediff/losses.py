@@ -30,7 +30,7 @@ import torch
 
 from rediff import divergence, vlb
 from rediff._choices import parse_choice
-from rediff._tensor import Tensor, check_finite, expand_to, sum_except_batch
+from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
 from rediff.model import DiffusionModel
 from rediff.parametrization import Target, coefficients
 from rediff.schedules import DiscreteVP, Schedule
@@ -148,7 +148,7 @@ def denoising_loss(
         t = sample_times(schedule, x0.shape[0], time_sampler, generator=generator, device=x0.device)
     t = _checked_times(schedule, x0, t)
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = randn(x0.shape, generator, x0.dtype, x0.device)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     x_t = schedule.marginal(x0, t, noise)
     prediction = model.target_prediction(x_t, t, **cond)
@@ -254,14 +254,20 @@ class Objective:
                 "time_sampler = 'steps'"
             )
 
+    def check_data(self, x: Tensor) -> None:
+        """Refuse training data this objective cannot use (before a run starts)."""
+        check_finite("training data", x)
+        if self.kind in (Loss.VLB, Loss.HYBRID):
+            vlb.check_data(x)
+
     def draw(
         self, schedule: Schedule, x0: Tensor, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         """The random inputs for a batch shaped like x0 (per-sample along dim 0 of each,
         except ``probes`` [n, B, *D], per-sample along dim 1)."""
         t = sample_times(schedule, x0.shape[0], self.time_sampler, generator=generator)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        draws = {"t": t.to(x0.device), "noise": noise.to(x0.device)}
+        noise = randn(x0.shape, generator, x0.dtype, x0.device)
+        draws = {"t": t.to(x0.device), "noise": noise}
         if self.kind is Loss.SLICED_SM:
             draws["probes"] = divergence.draw_probes(x0, self.probes, self.probe, generator)
         return draws

@@ -47,7 +47,7 @@ def save_samples(x: Tensor, path: str | Path, title: str = "") -> Path:
         )
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return Path(path)
 
@@ -58,12 +58,14 @@ def save_loss_curve(metrics_csv: str | Path, path: str | Path) -> Path:
     with open(metrics_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
+    values = [float(r["loss"]) for r in rows]
+    ax.plot([int(r["step"]) for r in rows], values)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    if min(values, default=1.0) > 0:  # score matching losses can be negative
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return Path(path)

@@ -29,7 +29,7 @@ from enum import Enum
 import torch
 
 from rediff._choices import parse_choice
-from rediff._tensor import Tensor, check_finite, expand_to, sum_except_batch
+from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
 from rediff.model import Denoiser
 from rediff.schedules import DiscreteVP
 
@@ -117,7 +117,8 @@ def decoder_log_prob(x0: Tensor, mean: Tensor, std: Tensor | float, levels: int 
     return sum_except_batch(torch.log(prob.clamp_min(1e-300)))
 
 
-def _check_data(x0: Tensor) -> None:
+def check_data(x0: Tensor) -> None:
+    """Refuse data the discretised decoder cannot model: NaN/Inf or values outside [-1, 1]."""
     check_finite("x0", x0)
     if bool((x0.abs() > 1.0 + 1e-6).any()):
         raise ValueError(
@@ -177,7 +178,7 @@ def decoder_nll(
     """L_0 = -log p(x0 | x_1) per sample, nats, float64 [B], from one draw of x_1. The
     decoder's mean is mu_tilde at k = 1, which is x0_hat (alpha_0 = 1, sigma_0 = 0)."""
     schedule = discrete_schedule(denoiser)
-    _check_data(x0)
+    check_data(x0)
     _, t = _step_times(schedule, torch.ones(x0.shape[0]), x0)
     std = StepCoefficients.of(schedule).reverse_variance(ReverseVariance.parse(variance))[0]
     x0_hat = _denoise(denoiser, schedule, x0, t, noise, cond)
@@ -248,7 +249,7 @@ def vlb(
     T, B = schedule.num_steps, x0.shape[0]
 
     def noise() -> Tensor:
-        return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        return randn(x0.shape, generator, x0.dtype, x0.device)
 
     def terms_at(k: Tensor) -> Tensor:
         with torch.no_grad():

@@ -9,6 +9,7 @@ rediff sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE.png] [--s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,9 +32,12 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     run = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-    print(f"rediff train: {args.config} -> {run}", flush=True)
+    first = os.environ.get("RANK", "0") == "0"  # one line per run under torchrun
+    if first:
+        print(f"rediff train: {args.config} -> {run}", flush=True)
     train(config, run, resume=args.resume)
-    print(f"done: weights, metrics.csv and loss.png are in {run}/")
+    if first:
+        print(f"done: weights, metrics.csv and loss.png are in {run}/")
     return 0
 
 

@@ -1,6 +1,8 @@
-"""Data: exact Gaussian mixtures, 2-D toy sets, scikit-learn's digits."""
+"""Data: exact Gaussian mixtures, 2-D toy sets, scikit-learn's digits, image folders and
+.npy/.npz arrays."""
 
 from rediff.data.digits import load_digits, to_pixels
+from rediff.data.files import load_array, load_image_folder, random_flip
 from rediff.data.mixture import GaussianMixture, MixtureDenoiser
 from rediff.data.toy import (
     TOY_SETS,
@@ -20,7 +22,10 @@ __all__ = [
     "checkerboard",
     "eight_gaussians",
     "eight_gaussians_mixture",
+    "load_array",
     "load_digits",
+    "load_image_folder",
+    "random_flip",
     "ring",
     "swiss_roll",
     "to_pixels",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rediff import grids
-from rediff._tensor import Tensor
+from rediff._tensor import Tensor, randn
 from rediff.model import Denoiser
 from rediff.parametrization import Target, convert
 
@@ -81,7 +81,7 @@ def working(x: Tensor) -> Tensor:
 def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """N(0, I) noise shaped like x, drawn from ``generator`` (never the global RNG state when
     a generator is given)."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return randn(x.shape, generator, x.dtype, x.device)
 
 
 def eps_from_x0(x: Tensor, x0_hat: Tensor, p: Point) -> Tensor:

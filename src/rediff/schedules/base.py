@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from rediff._tensor import Tensor, batch_time, expand_to, sum_except_batch
+from rediff._tensor import Tensor, batch_time, expand_to, randn, sum_except_batch
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -213,7 +213,7 @@ class Schedule(ABC):
             noise: eps [B, *D]; drawn from N(0, I) with ``generator`` when omitted.
         """
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            noise = randn(x0.shape, generator, x0.dtype, x0.device)
         elif noise.shape != x0.shape:
             raise ValueError(
                 f"noise has shape {tuple(noise.shape)} but x0 has shape {tuple(x0.shape)}; "
@@ -231,7 +231,7 @@ class Schedule(ABC):
         device: torch.device | str | None = None,
     ) -> Tensor:
         """Draw x_T ~ N(0, prior_std^2 I) of the given shape."""
-        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        z = randn(shape, generator, dtype, device)
         return self.prior_std * z
 
     def prior_log_prob(self, x: Tensor) -> Tensor:

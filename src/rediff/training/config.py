@@ -23,9 +23,13 @@ from rediff.schedules import Schedule
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = "toy"  # toy | digits
+    kind: str = "toy"  # toy | digits | images | array
     name: str = "moons"  # toy set name (data.TOY_SETS)
     n: int = 20000  # toy samples drawn once, with the run's seed
+    path: str = ""  # images: a folder of PNG/JPEG; array: a .npy/.npz file
+    image_size: int = 0  # images: resize to this square size (0: keep, all must match)
+    channels: int = 3  # images: 3 (RGB) or 1 (greyscale)
+    flip: bool = False  # images: random left-right flips
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    net: str = "mlp"  # mlp | unet_digits
+    net: str = "mlp"  # mlp | unet_digits | unet_cifar10
     # v by default: briefly trained eps models sent a few ODE samples (ddim, dpm++2m) far off
     # the 2-D data while v and x0 models did not (measured on moons, 800 steps)
     target: str = "v"
@@ -72,12 +76,18 @@ class ModelConfig:
     width: int = 256  # mlp
     depth: int = 4  # mlp
     num_classes: int = 0  # 0: unconditional
+    dropout: float = 0.0  # unet_*
 
 
 @dataclass(frozen=True)
 class LossConfig:
+    kind: str = "denoising"  # denoising | vlb | hybrid | sliced_sm | exact_sm
     weighting: str = "simple"
     time_sampler: str = "uniform"
+    vlb_weight: float = 1e-3  # hybrid: denoising + vlb_weight * vlb
+    variance: str = "beta"  # vlb / hybrid: the fixed reverse variance, beta | beta_tilde
+    probes: int = 1  # sliced_sm
+    probe: str = "rademacher"  # sliced_sm: rademacher | gaussian
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,10 @@ class TrainConfig:
     ema_half_life: float = 20000.0  # in samples
     checkpoint_every: int = 500
     log_every: int = 50
+    sample_every: int = 0  # write samples/step_*.png every this many steps (0: never)
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False  # torch.compile the network
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,7 @@ class Config:
 def _check_value(where: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
         raise ValueError(f"{where} must be of type {kind.__name__}, got {value!r}")
     return value
 
@@ -143,7 +157,9 @@ def _build(cls: type, values: dict[str, Any], where: str):
                 raise ValueError(f"[{path}] must be a table, got {value!r}")
             kwargs[name] = _build(sub[kind], value, path)
         else:
-            kwargs[name] = _check_value(path, value, {"int": int, "float": float, "str": str}[kind])
+            kwargs[name] = _check_value(
+                path, value, {"int": int, "float": float, "str": str, "bool": bool}[kind]
+            )
     return cls(**kwargs)
 
 
@@ -176,6 +192,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return _build(Config, values, "")
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
 def to_toml(config: Config) -> str:
     """The config as TOML (written to a run directory, read back by ``load_config``)."""
     lines = [f"seed = {config.seed}"]
@@ -186,5 +210,5 @@ def to_toml(config: Config) -> str:
         lines.append(f"\n[{section.name}]")
         for f in dataclasses.fields(value):
             v = getattr(value, f.name)
-            lines.append(f"{f.name} = {v!r}" if not isinstance(v, str) else f'{f.name} = "{v}"')
+            lines.append(f"{f.name} = {_toml_value(v)}")
     return "\n".join(lines) + "\n"

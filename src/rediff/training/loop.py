@@ -1,17 +1,26 @@
-"""The training loop: data -> denoising loss -> AdamW (warm-up, clipping) -> EMA, with a run
-directory that survives interruption.
+"""The training loop: data -> objective -> AdamW (warm-up, clipping) -> EMA, with a run
+directory that survives interruption, on one process or many (torchrun).
 
 Run directory: ``config.toml``, ``model.safetensors``, ``ema.safetensors``,
 ``train_state.pt`` (optimizer state, step, RNG states; loaded with ``weights_only=True``),
-``metrics.csv`` and ``loss.png`` (written at the end). Every file is written atomically, and
-one torch.Generator drives data order, times and noise, so a resumed run continues exactly
-where it stopped.
+``metrics.csv``, ``samples/step_*.png`` (every ``train.sample_every`` steps) and ``loss.png``.
+Every file is written atomically, and one torch.Generator drives data order, times, noise and
+probes, so a resumed run continues exactly where it stopped.
+
+Under ``torchrun --nproc_per_node N`` every process draws the same global batch and its random
+inputs from that generator and trains on its own contiguous 1/N of it; DistributedDataParallel
+averages the gradients, so N processes compute what one process computes with the same global
+batch. Process 0 alone writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,13 +29,16 @@ from tqdm.auto import tqdm
 from rediff import data, losses
 from rediff._io import atomic_save_tensors, atomic_write, load_tensors
 from rediff._tensor import Tensor, check_finite
-from rediff.model import DiffusionModel
+from rediff.model import Conditioned, DiffusionModel
 from rediff.nets import MLP, UNet
-from rediff.plots import save_loss_curve
+from rediff.plots import save_loss_curve, save_samples
+from rediff.sampling import sample
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
 
 STATE = "train_state.pt"
+#: grey levels of each data kind's pixels (the VLB decoder's grid)
+LEVELS = {"digits": 17}
 
 
 def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel:
@@ -41,11 +53,35 @@ def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel
             time_scale=m.time_scale,
             num_classes=classes,
         )
-    elif m.net == "unet_digits":
-        net = UNet.digits(time_scale=m.time_scale, num_classes=classes)
+    elif m.net in ("unet_digits", "unet_cifar10"):
+        preset = UNet.digits if m.net == "unet_digits" else UNet.cifar10
+        net = preset(time_scale=m.time_scale, num_classes=classes, dropout=m.dropout)
+        expected = (net.channels, net.resolution, net.resolution)
+        if tuple(dim_or_shape) != expected:
+            raise ValueError(
+                f"model.net = {m.net!r} takes images {list(expected)}, but the data are "
+                f"{list(dim_or_shape)}; pick the matching preset or resize the data"
+            )
     else:
-        raise ValueError(f"unknown model.net {m.net!r}; valid: 'mlp', 'unet_digits'")
+        raise ValueError(
+            f"unknown model.net {m.net!r}; valid: 'mlp', 'unet_digits', 'unet_cifar10'"
+        )
     return DiffusionModel(net, config.schedule.build(), m.target, m.time_input, m.sigma_data)
+
+
+def build_objective(config: Config) -> losses.Objective:
+    """The training objective of ``config.loss`` (data-dependent decoder levels included)."""
+    c = config.loss
+    return losses.Objective(
+        kind=c.kind,
+        weighting=c.weighting,
+        time_sampler=c.time_sampler,
+        vlb_weight=c.vlb_weight,
+        variance=c.variance,
+        levels=LEVELS.get(config.data.kind, 256),
+        probes=c.probes,
+        probe=c.probe,
+    )
 
 
 def load_data(config: Config) -> tuple[Tensor, Tensor | None]:
@@ -56,10 +92,107 @@ def load_data(config: Config) -> tuple[Tensor, Tensor | None]:
         labels = None
     elif d.kind == "digits":
         x, labels = data.load_digits()
+    elif d.kind == "images":
+        x, labels = data.load_image_folder(d.path, d.image_size, d.channels)
+    elif d.kind == "array":
+        x, labels = data.load_array(d.path)
     else:
-        raise ValueError(f"unknown data.kind {d.kind!r}; valid: 'toy', 'digits'")
+        raise ValueError(f"unknown data.kind {d.kind!r}; valid: 'toy', 'digits', 'images', 'array'")
     check_finite("training data", x)
-    return x, (labels if config.model.num_classes else None)
+    if d.flip and x.ndim != 4:
+        raise ValueError(f"data.flip needs images [N, C, H, W]; the data are {list(x.shape)}")
+    if not config.model.num_classes:
+        return x, None
+    if labels is None:
+        raise ValueError(
+            f"model.num_classes = {config.model.num_classes} needs labelled data; "
+            f"data.kind = {d.kind!r} has no labels (set model.num_classes = 0)"
+        )
+    if int(labels.max()) >= config.model.num_classes:
+        raise ValueError(
+            f"the data have labels up to {int(labels.max())} but model.num_classes = "
+            f"{config.model.num_classes}"
+        )
+    return x, labels
+
+
+# ---- processes and devices -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's rank among ``size`` data-parallel processes (1: no torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+    def mean(self, value: Tensor) -> float:
+        """The mean of a scalar over all processes (each holds its slice's loss)."""
+        if self.size > 1:
+            value = value.clone()
+            torch.distributed.all_reduce(value)
+        return float(value) / self.size
+
+
+def _device(config: Config) -> torch.device:
+    name = config.train.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device = 'cuda' but no CUDA device is available; use 'auto'")
+    return torch.device(name)
+
+
+def _join_world(device: torch.device) -> World:
+    """Join torchrun's process group (gloo on CPU, nccl on GPU) when WORLD_SIZE > 1."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(torch.distributed.get_rank(), size)
+
+
+def _process_device(device: torch.device) -> torch.device:
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _autocast(config: Config, device: torch.device):
+    p = config.train.precision
+    if p not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {p!r}")
+    if p == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _training_view(model: DiffusionModel, config: Config, world: World) -> DiffusionModel:
+    """The model the loss calls: the same parameters with the net compiled and/or wrapped in
+    DistributedDataParallel (state dicts and EMA keep using ``model``)."""
+    net = model.net
+    if config.train.compile:
+        net = torch.compile(net)
+    if world.size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    if net is model.net:
+        return model
+    return DiffusionModel(net, model.schedule, model.target, model.time_input, model.sigma_data)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
 
 
 def _save(run: Path, model, ema: EMA, optimizer, step: int, generator) -> None:
@@ -83,14 +216,14 @@ def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) ->
         )
     model.load_state_dict(load_tensors(run / "model.safetensors"))
     ema.model.load_state_dict(load_tensors(run / "ema.safetensors"))
-    state = torch.load(run / STATE, weights_only=True)
+    state = torch.load(run / STATE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
 
 
-def _prepare_run(run: Path, config: Config, resume: bool) -> bool:
+def _prepare_run(run: Path, config: Config, resume: bool, world: World) -> bool:
     """Create the run directory; True if there is a checkpoint to resume from. Refuses to
     overwrite an existing run unless resuming, before any file is changed."""
     has_state = (run / STATE).is_file()
@@ -98,9 +231,11 @@ def _prepare_run(run: Path, config: Config, resume: bool) -> bool:
         raise FileExistsError(
             f"{run} already holds a run; pass resume=True (--resume) or use a new folder"
         )
-    run.mkdir(parents=True, exist_ok=True)
-    if not has_state:
-        (run / "config.toml").write_text(to_toml(config))
+    if world.writes:
+        run.mkdir(parents=True, exist_ok=True)
+        if not has_state:
+            atomic_write(run / "config.toml", lambda tmp: Path(tmp).write_text(to_toml(config)))
+    world.barrier()
     return has_state
 
 
@@ -123,6 +258,48 @@ def load_run(run_dir: str | Path, weights: str = "ema") -> tuple[Config, Diffusi
     return config, model.eval()
 
 
+# ---- the loop ------------------------------------------------------------------------------
+
+
+def _batch(x, labels, config: Config, objective, schedule, generator, world: World):
+    """This process's slice of the global batch: data, random inputs, conditioning."""
+    b = config.train.batch_size
+    idx = torch.randint(x.shape[0], (b,), generator=generator)
+    x0 = x[idx.to(x.device)]
+    if config.data.flip:
+        x0 = data.random_flip(x0, generator)
+    draws = objective.draw(schedule, x0, generator)
+    mine = slice(world.rank * b // world.size, (world.rank + 1) * b // world.size)
+    draws = {k: (v[:, mine] if k == "probes" else v[mine]) for k, v in draws.items()}
+    cond = {} if labels is None else {"labels": labels[idx.to(labels.device)][mine]}
+    return x0[mine], draws, cond
+
+
+@torch.no_grad()
+def _sample_grid(ema_model: DiffusionModel, config: Config, shape, run: Path, step: int) -> None:
+    """Samples from the EMA model at this step (fixed seed), as samples/step_XXXXXXX.png."""
+    n = min(config.sample.n, 100) if len(shape) == 3 else config.sample.n
+    device = next(ema_model.parameters()).device
+    den = ema_model
+    if config.model.num_classes:
+        labels = torch.arange(n, device=device) % config.model.num_classes
+        den = Conditioned(ema_model, labels=labels)
+    out = sample(
+        den,
+        (n, *shape),
+        sampler=config.sample.sampler,
+        steps=config.sample.steps,
+        generator=torch.Generator().manual_seed(config.seed),
+        device=device,
+        progress=False,
+    )
+    (run / "samples").mkdir(exist_ok=True)
+    path = run / "samples" / f"step_{step:07d}.png"
+    atomic_write(
+        path, lambda tmp: save_samples(out.x, tmp, f"step {step}: {config.sample.sampler}")
+    )
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -136,39 +313,42 @@ def train(
     ``stop_after`` ends the run after that many total steps (as an interruption would), with
     a checkpoint; ``resume=True`` continues from the last checkpoint.
     """
-    run = Path(run_dir)
+    run, t = Path(run_dir), config.train
+    device = _device(config)
+    objective = build_objective(config)
     x, labels = load_data(config)
+    objective.check_data(x)
+    world = _join_world(device)
+    device = _process_device(device)
+    if t.batch_size % world.size:
+        raise ValueError(
+            f"train.batch_size = {t.batch_size} (the global batch) must divide evenly over "
+            f"{world.size} processes"
+        )
     torch.manual_seed(config.seed)
-    model = build_model(config, tuple(x.shape[1:]))
-    ema = EMA(model, config.train.ema_half_life)
-    t = config.train
+    model = build_model(config, tuple(x.shape[1:])).to(device)
+    ema = EMA(model, t.ema_half_life)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    step = (
-        _resume(run, config, model, ema, optimizer, generator)
-        if _prepare_run(run, config, resume)
-        else 0
-    )
+    has_state = _prepare_run(run, config, resume, world)
+    step = _resume(run, config, model, ema, optimizer, generator) if has_state else 0
+    view = _training_view(model, config, world)
+    x = x.to(device)
+    labels = labels.to(device) if labels is not None else None
     last = min(t.steps, stop_after) if stop_after is not None else t.steps
-    log = (run / "metrics.csv").open("a", newline="")
-    writer = csv.writer(log)
-    if step == 0:
-        writer.writerow(["step", "loss", "lr"])
-    bar = tqdm(total=last, initial=step, desc="train", disable=not progress)
+    log = (run / "metrics.csv").open("a", newline="") if world.writes else None
+    writer = csv.writer(log) if log else None
+    if writer and step == 0:
+        writer.writerow(["step", "loss", "lr", "samples_per_s"])
+    bar = tqdm(total=last, initial=step, desc="train", disable=not (progress and world.writes))
+    clock, seen = time.perf_counter(), 0
     while step < last:
-        idx = torch.randint(x.shape[0], (t.batch_size,), generator=generator)
-        cond = {} if labels is None else {"labels": labels[idx]}
+        x0, draws, cond = _batch(x, labels, config, objective, model.schedule, generator, world)
         lr = t.lr * min(1.0, (step + 1) / max(t.warmup, 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = losses.denoising_loss(
-            model,
-            x[idx],
-            weighting=config.loss.weighting,
-            time_sampler=config.loss.time_sampler,
-            generator=generator,
-            **cond,
-        )
+        with _autocast(config, device):
+            loss = objective(view, x0, draws, **cond)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {float(loss)} at step {step}; the last checkpoint is kept. Lower "
@@ -179,14 +359,21 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
         ema.update(model, t.batch_size)
-        step += 1
+        step, seen = step + 1, seen + t.batch_size
         if step % t.log_every == 0 or step == last:
-            writer.writerow([step, f"{loss.item():.6g}", f"{lr:.3g}"])
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % t.checkpoint_every == 0 or step == last:
+            value, rate = world.mean(loss.detach()), seen / max(time.perf_counter() - clock, 1e-9)
+            if writer:
+                writer.writerow([step, f"{value:.6g}", f"{lr:.3g}", f"{rate:.1f}"])
+                log.flush()
+            bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}")
+        if world.writes and t.sample_every and step % t.sample_every == 0:
+            _sample_grid(ema.model, config, tuple(x.shape[1:]), run, step)
+        if world.writes and (step % t.checkpoint_every == 0 or step == last):
             _save(run, model, ema, optimizer, step, generator)
         bar.update(1)
     bar.close()
-    log.close()
-    save_loss_curve(run / "metrics.csv", run / "loss.png")
+    if log:
+        log.close()
+        save_loss_curve(run / "metrics.csv", run / "loss.png")
+    world.barrier()
     return ema.model
