@@ -76,3 +76,30 @@ def mode_weights_tv(mixture: GaussianMixture, samples: Tensor) -> float:
     counts = torch.bincount(assigned, minlength=mixture.num_components)
     fractions = counts.double() / samples.shape[0]
     return float(0.5 * (fractions - mixture.weights).abs().sum())
+
+
+def frechet_distance(x: Tensor, y: Tensor) -> float:
+    """The Frechet distance between Gaussians fitted to features x: [N, F] and y: [M, F]
+    (Heusel et al. 2017, FID's formula):
+
+        |mu_x - mu_y|^2 + tr(C_x + C_y - 2 (C_x^{1/2} C_y C_x^{1/2})^{1/2}),
+
+    with the matrix square roots taken by symmetric eigendecompositions in float64.
+    """
+    x, y = _flat("x", x), _flat("y", y)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"features differ in dimension: {x.shape[1]} and {y.shape[1]}")
+    if min(x.shape[0], y.shape[0]) < 2:
+        raise ValueError("the Frechet distance needs at least 2 samples on each side")
+    cx, cy = torch.cov(x.T).reshape(x.shape[1], -1), torch.cov(y.T).reshape(y.shape[1], -1)
+    root_x = _psd_sqrt(cx)
+    cross = _psd_sqrt(root_x @ cy @ root_x)
+    mean_term = (x.mean(0) - y.mean(0)).square().sum()
+    return float(mean_term + cx.trace() + cy.trace() - 2 * cross.trace())
+
+
+def _psd_sqrt(c: Tensor) -> Tensor:
+    """The square root of a symmetric positive semi-definite matrix (negative round-off
+    eigenvalues set to zero)."""
+    values, vectors = torch.linalg.eigh(0.5 * (c + c.T))
+    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T

@@ -4,6 +4,7 @@ rediff demo [--out DIR] [--seed S]
 rediff train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
 rediff sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE.png] [--seed S]
                       [--class K]
+rediff eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S]
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rediff.evaluation import evaluate_run
+
+    scores = evaluate_run(args.run_dir, args.sampler, args.steps, args.n, args.seed)
+    print(Path(args.run_dir, "eval.md").read_text())
+    return 0 if scores else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rediff", description="Diffusion and score-based generative models."
@@ -96,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--class", dest="class_label", type=int, help="class label to sample")
     sample.set_defaults(func=_sample)
+    ev = commands.add_parser("eval", help="score a trained run against its data")
+    ev.add_argument("run_dir", help="a run directory written by rediff train")
+    ev.add_argument("--sampler", default="dpm++2m", help="any name in rediff.samplers.REGISTRY")
+    ev.add_argument("--steps", type=int, default=20)
+    ev.add_argument("--n", type=int, help="samples (default: 360 for digits, else 5000)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_eval)
     return parser
 
 

@@ -1,7 +1,7 @@
 """Data: exact Gaussian mixtures, 2-D toy sets, scikit-learn's digits, image folders and
 .npy/.npz arrays."""
 
-from rediff.data.digits import load_digits, to_pixels
+from rediff.data.digits import digits_split, load_digits, to_pixels
 from rediff.data.files import load_array, load_image_folder, random_flip
 from rediff.data.mixture import GaussianMixture, MixtureDenoiser
 from rediff.data.toy import (
@@ -20,6 +20,7 @@ __all__ = [
     "GaussianMixture",
     "MixtureDenoiser",
     "checkerboard",
+    "digits_split",
     "eight_gaussians",
     "eight_gaussians_mixture",
     "load_array",

@@ -22,6 +22,21 @@ def load_digits() -> tuple[Tensor, Tensor]:
     return 2.0 * images / DIGITS_MAX - 1.0, torch.as_tensor(labels, dtype=torch.int64)
 
 
+#: digits held out from training (the Frechet-distance floor's reference), of 1797
+HELD_OUT = 360
+
+
+def digits_split(split: str = "train") -> tuple[Tensor, Tensor]:
+    """A fixed split of ``load_digits``: ``train`` (1437 digits, what rediff trains on) or
+    ``held_out`` (360), by one seeded permutation, the same on every machine."""
+    if split not in ("train", "held_out"):
+        raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
+    images, labels = load_digits()
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+    idx = order[HELD_OUT:] if split == "train" else order[:HELD_OUT]
+    return images[idx], labels[idx]
+
+
 def to_pixels(images: Tensor) -> Tensor:
     """Map [-1, 1] images back to the digits' [0, 16] grey levels (clipped, not rounded)."""
     return ((images.clamp(-1.0, 1.0) + 1.0) * (DIGITS_MAX / 2.0)).float()

@@ -91,7 +91,7 @@ def load_data(config: Config) -> tuple[Tensor, Tensor | None]:
         x = data.toy(d.name, d.n, generator=torch.Generator().manual_seed(config.seed))
         labels = None
     elif d.kind == "digits":
-        x, labels = data.load_digits()
+        x, labels = data.digits_split("train")
     elif d.kind == "images":
         x, labels = data.load_image_folder(d.path, d.image_size, d.channels)
     elif d.kind == "array":

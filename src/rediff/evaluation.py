@@ -1,0 +1,181 @@
+"""Evaluating trained runs: distances to the data, and for digits a Frechet distance in the
+features of a small classifier that rediff trains itself (no downloaded Inception weights).
+
+The digits classifier is a two-layer CNN trained deterministically (fixed seed, fixed order)
+on the training split that rediff's digits runs use (``data.digits_split``); its 64 penultimate
+features play the role of Inception features in FID. The distance's floor is that of the 360
+held-out real digits against the training digits: a model cannot be told from real data by
+this measure when its samples (as many as the held-out set) reach the floor.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rediff import data, metrics
+from rediff._io import atomic_write
+from rediff._tensor import Tensor, check_finite
+from rediff.model import Conditioned
+from rediff.sampling import sample
+
+NUM_DIGITS = 10
+
+
+class DigitsClassifier(nn.Module):
+    """8x8 digits -> 10 logits; ``features`` are the 64 penultimate activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 64),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(64, NUM_DIGITS)
+
+    def features(self, x: Tensor) -> Tensor:
+        if x.shape[1:] != (1, 8, 8):
+            raise ValueError(f"the digits classifier takes [N, 1, 8, 8], got {tuple(x.shape)}")
+        check_finite("digits", x)
+        return self.body(x.float().clamp(-1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+@functools.cache
+def digits_classifier(epochs: int = 30) -> DigitsClassifier:
+    """The classifier, trained once per process on the digits training split (seed 0)."""
+    x, y = data.digits_split("train")
+    with torch.random.fork_rng(), torch.enable_grad():  # callers may hold no_grad
+        torch.manual_seed(0)
+        net = DigitsClassifier()
+        optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+        order = torch.Generator().manual_seed(0)
+        for _ in range(epochs):
+            for idx in torch.randperm(x.shape[0], generator=order).split(64):
+                loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return net.eval().requires_grad_(False)
+
+
+def _features(x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return digits_classifier().features(x.cpu())
+
+
+def digits_accuracy(x: Tensor, labels: Tensor) -> float:
+    """The fraction of digits x [N, 1, 8, 8] the classifier labels as ``labels``."""
+    with torch.no_grad():
+        predicted = digits_classifier()(x.cpu()).argmax(1)
+    return float((predicted == labels.cpu()).double().mean())
+
+
+def digits_frechet(x: Tensor) -> float:
+    """Frechet distance between digits x [N, 1, 8, 8] and the training split, in the
+    classifier's features."""
+    return metrics.frechet_distance(_features(x), _features(data.digits_split("train")[0]))
+
+
+def digits_frechet_floor() -> float:
+    """``digits_frechet`` of the 360 held-out real digits: the floor a perfect model reaches
+    with as many samples."""
+    return digits_frechet(data.digits_split("held_out")[0])
+
+
+@dataclass(frozen=True)
+class Score:
+    """One measured quantity, with the floor that real data reach where there is one."""
+
+    name: str
+    value: float
+    floor: float | None = None
+
+
+def evaluate_run(
+    run_dir: str | Path, sampler: str = "dpm++2m", steps: int = 20, n: int | None = None, seed=0
+) -> list[Score]:
+    """Sample a trained run and score it: digits runs by Frechet distance (and accuracy of
+    class-conditional samples), low-dimensional runs by sliced Wasserstein and energy
+    distance to fresh data; writes ``eval.md`` into the run directory."""
+    from rediff.training import load_data, load_run
+
+    config, model = load_run(run_dir)
+    x, _ = load_data(config)
+    gen = torch.Generator().manual_seed(seed)
+    if config.data.kind == "digits":
+        n = n or data.digits.HELD_OUT
+        scores, out = _score_digits(model, config.model.num_classes, n, sampler, steps, gen)
+    elif x.ndim == 2:
+        n = n or min(x.shape[0] // 2, 5000)
+        if 2 * n > x.shape[0]:
+            raise ValueError(f"n = {n} needs at least {2 * n} data points, have {x.shape[0]}")
+        out = sample(model, (n, x.shape[1]), sampler=sampler, steps=steps, generator=gen)
+        perm = torch.randperm(x.shape[0], generator=gen)
+        ref, other = x[perm[:n]], x[perm[n : 2 * n]]
+        scores = [
+            Score(
+                "sliced Wasserstein",
+                metrics.sliced_wasserstein(out.x, ref, generator=gen),
+                metrics.sliced_wasserstein(other, ref, generator=gen),
+            ),
+            Score(
+                "energy distance",
+                metrics.energy_distance(out.x, ref),
+                metrics.energy_distance(other, ref),
+            ),
+        ]
+    else:
+        raise ValueError(
+            f"rediff eval scores digits and low-dimensional data; this run's data are "
+            f"{list(x.shape[1:])} ({config.data.kind}). Use rediff sample to look at samples"
+        )
+    _write_report(Path(run_dir), scores, sampler, steps, n, out.nfe)
+    return scores
+
+
+def _score_digits(model, num_classes: int, n: int, sampler, steps, gen):
+    """Frechet distance of n samples (class-balanced labels for a conditional model, and the
+    classifier's accuracy on them)."""
+    den, labels = model, None
+    if num_classes:
+        labels = torch.arange(n) % NUM_DIGITS
+        den = Conditioned(model, labels=labels)
+    out = sample(den, (n, 1, 8, 8), sampler=sampler, steps=steps, generator=gen)
+    scores = [
+        Score("Frechet distance (digits features)", digits_frechet(out.x), digits_frechet_floor())
+    ]
+    if labels is not None:
+        held_out = digits_accuracy(*data.digits_split("held_out"))
+        accuracy = digits_accuracy(out.x, labels)
+        scores.append(Score("classifier accuracy on class-conditional samples", accuracy, held_out))
+    return scores, out
+
+
+def _write_report(run: Path, scores: list[Score], sampler, steps, n, nfe) -> None:
+    lines = [
+        f"# Evaluation of {run.name}",
+        "",
+        f"{n} samples, sampler {sampler}, {steps} steps ({nfe} evaluations).",
+        "",
+        "| metric | value | floor (real data) |",
+        "|---|---|---|",
+    ]
+    for s in scores:
+        floor = "" if s.floor is None or math.isnan(s.floor) else f"{s.floor:.4g}"
+        lines.append(f"| {s.name} | {s.value:.4g} | {floor} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write(run / "eval.md", lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,76 @@
+"""Sample-quality measures: the Frechet distance against closed forms, the digits classifier,
+and rediff eval on a trained run."""
+
+from __future__ import annotations
+
+import pytest
+import scipy.linalg
+import torch
+
+from rediff import data, evaluation, metrics
+from rediff.cli import main
+from rediff.training import load_config, train
+
+
+def test_frechet_distance_matches_its_formula():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(400, 4, generator=gen, dtype=torch.float64) @ torch.randn(
+        4, 4, generator=gen, dtype=torch.float64
+    )
+    shift = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)
+    assert abs(metrics.frechet_distance(x, x)) < 1e-9
+    # same covariance, shifted mean: the distance is |shift|^2
+    assert abs(metrics.frechet_distance(x, x + shift) - float(shift.square().sum())) < 1e-9
+    # non-commuting covariances: against scipy's matrix square root
+    cx, cy = torch.cov(x.T).numpy(), torch.cov(y.T).numpy()
+    truth = (x.mean(0) - y.mean(0)).square().sum().item() + float(
+        (cx + cy - 2 * scipy.linalg.sqrtm(cx @ cy).real).trace()
+    )
+    assert abs(metrics.frechet_distance(x, y) - truth) < 1e-8 * max(1.0, truth)
+    with pytest.raises(ValueError, match="differ in dimension"):
+        metrics.frechet_distance(x, y[:, :3])
+
+
+def test_digits_classifier_is_accurate_and_deterministic():
+    held_out = data.digits_split("held_out")
+    assert evaluation.digits_accuracy(*held_out) > 0.97
+    a = evaluation.digits_classifier.__wrapped__(epochs=1).state_dict()
+    b = evaluation.digits_classifier.__wrapped__(epochs=1).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_digits_frechet_floor_ranks_real_above_degraded():
+    floor = evaluation.digits_frechet_floor()
+    images = data.digits_split("held_out")[0]
+    noisy = images + 0.3 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    assert (
+        floor
+        < evaluation.digits_frechet(noisy.clamp(-1, 1))
+        < evaluation.digits_frechet(
+            torch.rand(360, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        )
+    )
+
+
+def test_splits_are_disjoint_and_fixed():
+    train_x, _ = data.digits_split("train")
+    held_x, _ = data.digits_split("held_out")
+    assert train_x.shape[0] == 1437 and held_x.shape[0] == 360
+    flat = torch.cat([train_x, held_x]).flatten(1)
+    assert (
+        torch.unique(flat, dim=0).shape[0]
+        == torch.unique(data.load_digits()[0].flatten(1), dim=0).shape[0]
+    )
+    assert torch.equal(data.digits_split("train")[0], train_x)
+
+
+def test_rediff_eval_reports_a_2d_run(tmp_path, capsys):
+    config = load_config(None, ["data.n=2000", "model.width=32", "model.depth=1", "train.steps=5"])
+    train(config, tmp_path / "run", progress=False)
+    assert main(["eval", str(tmp_path / "run"), "--n", "500", "--steps", "5"]) == 0
+    report = (tmp_path / "run" / "eval.md").read_text()
+    assert "| sliced Wasserstein |" in report and "| energy distance |" in report
+    assert report in capsys.readouterr().out
+    scores = evaluation.evaluate_run(tmp_path / "run", n=500, steps=5)
+    assert all(s.value > s.floor for s in scores)  # five steps of training are not enough
