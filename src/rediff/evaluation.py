@@ -105,64 +105,90 @@ class Score:
     floor: float | None = None
 
 
-def evaluate_run(
-    run_dir: str | Path, sampler: str = "dpm++2m", steps: int = 20, n: int | None = None, seed=0
-) -> list[Score]:
-    """Sample a trained run and score it: digits runs by Frechet distance (and accuracy of
-    class-conditional samples), low-dimensional runs by sliced Wasserstein and energy
-    distance to fresh data; writes ``eval.md`` into the run directory."""
-    from rediff.training import load_data, load_run
+def default_n(config, x: Tensor) -> int:
+    """Samples scored by default: as many as the held-out digits, else up to 5000 points."""
+    return data.digits.HELD_OUT if config.data.kind == "digits" else min(x.shape[0] // 2, 5000)
 
-    config, model = load_run(run_dir)
-    x, _ = load_data(config)
-    gen = torch.Generator().manual_seed(seed)
+
+def draw(
+    model, config, shape: tuple[int, ...], n: int, sampler: str, steps: int, generator
+) -> tuple[Tensor, Tensor | None, int]:
+    """n samples of shape [*shape] from a trained run, with class-balanced labels 0, 1, ...
+    for a conditional model: (samples, labels or None, number of evaluations)."""
+    den, labels = model, None
+    if config.model.num_classes:
+        labels = torch.arange(n) % config.model.num_classes
+        den = Conditioned(model, labels=labels)
+    out = sample(
+        den, (n, *shape), sampler=sampler, steps=steps, generator=generator, progress=False
+    )
+    return out.x, labels, out.nfe
+
+
+def score(config, x: Tensor, samples: Tensor, labels: Tensor | None, generator) -> list[Score]:
+    """Scores of ``samples`` against the run's data x: Frechet distance (and accuracy of
+    class-conditional samples) for digits; sliced Wasserstein and energy distance, with the
+    same distances between two disjoint halves of the data as floors, for [N, d] data."""
     if config.data.kind == "digits":
-        n = n or data.digits.HELD_OUT
-        scores, out = _score_digits(model, config.model.num_classes, n, sampler, steps, gen)
-    elif x.ndim == 2:
-        n = n or min(x.shape[0] // 2, 5000)
-        if 2 * n > x.shape[0]:
-            raise ValueError(f"n = {n} needs at least {2 * n} data points, have {x.shape[0]}")
-        out = sample(model, (n, x.shape[1]), sampler=sampler, steps=steps, generator=gen)
-        perm = torch.randperm(x.shape[0], generator=gen)
-        ref, other = x[perm[:n]], x[perm[n : 2 * n]]
         scores = [
             Score(
-                "sliced Wasserstein",
-                metrics.sliced_wasserstein(out.x, ref, generator=gen),
-                metrics.sliced_wasserstein(other, ref, generator=gen),
-            ),
-            Score(
-                "energy distance",
-                metrics.energy_distance(out.x, ref),
-                metrics.energy_distance(other, ref),
-            ),
+                "Frechet distance (digits features)",
+                digits_frechet(samples),
+                digits_frechet_floor(),
+            )
         ]
-    else:
+        if labels is not None:
+            held_out = digits_accuracy(*data.digits_split("held_out"))
+            scores.append(
+                Score(
+                    "classifier accuracy (class-conditional)",
+                    digits_accuracy(samples, labels),
+                    held_out,
+                )
+            )
+        return scores
+    if x.ndim != 2:
         raise ValueError(
             f"rediff eval scores digits and low-dimensional data; this run's data are "
             f"{list(x.shape[1:])} ({config.data.kind}). Use rediff sample to look at samples"
         )
-    _write_report(Path(run_dir), scores, sampler, steps, n, out.nfe)
-    return scores
-
-
-def _score_digits(model, num_classes: int, n: int, sampler, steps, gen):
-    """Frechet distance of n samples (class-balanced labels for a conditional model, and the
-    classifier's accuracy on them)."""
-    den, labels = model, None
-    if num_classes:
-        labels = torch.arange(n) % NUM_DIGITS
-        den = Conditioned(model, labels=labels)
-    out = sample(den, (n, 1, 8, 8), sampler=sampler, steps=steps, generator=gen)
-    scores = [
-        Score("Frechet distance (digits features)", digits_frechet(out.x), digits_frechet_floor())
+    n = samples.shape[0]
+    if 2 * n > x.shape[0]:
+        raise ValueError(
+            f"scoring {n} samples needs at least {2 * n} data points, have {x.shape[0]}"
+        )
+    perm = torch.randperm(x.shape[0], generator=generator)
+    ref, other = x[perm[:n]], x[perm[n : 2 * n]]
+    return [
+        Score(
+            "sliced Wasserstein",
+            metrics.sliced_wasserstein(samples, ref, generator=generator),
+            metrics.sliced_wasserstein(other, ref, generator=generator),
+        ),
+        Score(
+            "energy distance",
+            metrics.energy_distance(samples, ref),
+            metrics.energy_distance(other, ref),
+        ),
     ]
-    if labels is not None:
-        held_out = digits_accuracy(*data.digits_split("held_out"))
-        accuracy = digits_accuracy(out.x, labels)
-        scores.append(Score("classifier accuracy on class-conditional samples", accuracy, held_out))
-    return scores, out
+
+
+def evaluate_run(
+    run_dir: str | Path, sampler: str = "dpm++2m", steps: int = 20, n: int | None = None, seed=0
+) -> list[Score]:
+    """Sample a trained run and ``score`` the samples; writes ``eval.md`` into the run."""
+    from rediff.training import load_data, load_run
+
+    config, model = load_run(run_dir)
+    x, _ = load_data(config)
+    if config.data.kind != "digits" and x.ndim != 2:
+        score(config, x, x[:1], None, None)  # the clear error, before sampling
+    n = n or default_n(config, x)
+    gen = torch.Generator().manual_seed(seed)
+    samples, labels, nfe = draw(model, config, tuple(x.shape[1:]), n, sampler, steps, gen)
+    scores = score(config, x, samples, labels, gen)
+    _write_report(Path(run_dir), scores, sampler, steps, n, nfe)
+    return scores
 
 
 def _write_report(run: Path, scores: list[Score], sampler, steps, n, nfe) -> None:

@@ -2,12 +2,13 @@
 
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
-from rediff.training.loop import build_model, load_data, load_run, train
+from rediff.training.loop import build_model, build_objective, load_data, load_run, train
 
 __all__ = [
     "EMA",
     "Config",
     "build_model",
+    "build_objective",
     "load_config",
     "load_data",
     "load_run",
