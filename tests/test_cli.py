@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rediff import demo
 from rediff.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -15,7 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_demo_writes_pngs(tmp_path, capsys):
     out = tmp_path / "pictures"
-    assert main(["demo", "--out", str(out), "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(out), "--seed", "3", "--no-train"]) == 0
     names = {p.name for p in out.iterdir()}
     assert names == {"forward_2d.png", "forward_digits.png", "log_snr.png", "samplers_2d.png"}
     for path in out.iterdir():
@@ -23,6 +25,24 @@ def test_demo_writes_pngs(tmp_path, capsys):
         assert path.stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert str(out) in printed.splitlines()[-1]
+
+
+def test_demo_trains_samples_and_summarises(tmp_path, monkeypatch, capsys):
+    """The training half of ``rediff demo``, with the runs cut to a few steps."""
+    short = {
+        name: dataclasses.replace(run, steps=5, draws=(("ddim", 2), ("dpm++2m", 2)))
+        for name, run in demo.DEMO_RUNS.items()
+    }
+    monkeypatch.setattr(demo, "DEMO_RUNS", short)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    for name in short:
+        assert (out / f"{name}_samples.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "runs" / name / "loss.png").is_file()
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| toy_2d |") == 4 and summary.count("| digits |") == 2
+    assert "Frechet distance" in summary and summary in capsys.readouterr().out
+    assert main(["demo", "--out", str(out)]) == 0  # a second run reuses the finished runs
 
 
 def test_module_entry_point_shows_help():

@@ -55,7 +55,7 @@ class DigitsClassifier(nn.Module):
 
 
 @functools.cache
-def digits_classifier(epochs: int = 30) -> DigitsClassifier:
+def digits_classifier(epochs: int = 20) -> DigitsClassifier:
     """The classifier, trained once per process on the digits training split (seed 0)."""
     x, y = data.digits_split("train")
     with torch.random.fork_rng(), torch.enable_grad():  # callers may hold no_grad

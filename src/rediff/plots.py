@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import torch
+
 from rediff._tensor import Tensor
 
 
@@ -50,6 +52,18 @@ def save_samples(x: Tensor, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def image_grid(x: Tensor, cols: int) -> Tensor:
+    """Images [N, C, H, W] tiled into one picture [rows*H, cols*W] (C = 1) or
+    [rows*H, cols*W, C], padded with -1 (black) where the last row is short."""
+    x = x.detach().float().cpu().clamp(-1, 1)
+    n, c, h, w = x.shape
+    rows = -(-n // cols)
+    pad = torch.full((rows * cols - n, c, h, w), -1.0)
+    tiles = torch.cat([x, pad]).reshape(rows, cols, c, h, w)
+    grid = tiles.permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
+    return grid[..., 0] if c == 1 else (grid + 1) / 2
 
 
 def save_loss_curve(metrics_csv: str | Path, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """The ``rediff`` command line.
 
-rediff demo [--out DIR] [--seed S]
+rediff demo [--out DIR] [--seed S] [--no-train]
 rediff train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
 rediff sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE.png] [--seed S]
                       [--class K]
@@ -16,12 +16,17 @@ from collections.abc import Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rediff import demo
 
     print(f"rediff demo: writing pictures to {args.out} ...", flush=True)
-    paths = demo.run(args.out, seed=args.seed)
+    paths = demo.run(args.out, seed=args.seed, train_models=not args.no_train)
     for path in paths:
         print(f"  wrote {path}")
+    summary = Path(args.out) / "summary.md"
+    if summary.is_file():
+        print(summary.read_text())
     print(f"done: open the PNG files in {args.out}/")
     return 0
 
@@ -80,11 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rediff", description="Diffusion and score-based generative models."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="write pictures of the forward processes")
+    demo = commands.add_parser(
+        "demo", help="train a 2-D and a digits model, sample them, write pictures and a summary"
+    )
     demo.add_argument(
         "--out", default="demo_out", help="folder for the pictures (default: demo_out)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--no-train", action="store_true", help="only the pictures that need no training"
+    )
     demo.set_defaults(func=_demo)
     train = commands.add_parser("train", help="train a model from a TOML config")
     train.add_argument("config", help="TOML config (see configs/)")
