@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rediff import demo
 from rediff.cli import main
@@ -116,3 +117,15 @@ def test_configs_parse():
     for path in paths:
         config = load_config(path)
         config.schedule.build()
+
+
+def test_image_grid_places_tiles_row_by_row():
+    from rediff.plots import image_grid
+
+    x = torch.linspace(-0.9, 0.9, 5)[:, None, None, None].expand(5, 1, 2, 2)
+    grid = image_grid(x, cols=3, gap=1)
+    assert grid.shape == (6, 9)
+    tiles = [grid[r * 3 : r * 3 + 2, c * 3 : c * 3 + 2] for r in range(2) for c in range(3)]
+    for i in range(5):
+        assert torch.all(tiles[i] == x[i, 0])
+    assert torch.all(tiles[5] == -1) and torch.all(grid[2] == 0)

@@ -204,7 +204,7 @@ def sample_demo_run(name: str, run: Path, out: Path, seed: int) -> tuple[Path, l
     for ax, (sampler, steps) in zip(axes[0], draws, strict=True):
         gen = torch.Generator().manual_seed(seed)
         samples, labels, nfe = evaluation.draw(model, config, x.shape[1:], n, sampler, steps, gen)
-        for s in evaluation.score(config, x, samples, labels, gen):
+        for s in evaluation.score(config, x, samples, labels, seed):
             rows.append(
                 f"| {name} | {sampler} | {nfe} | {s.name} | {s.value:.4g} | {s.floor:.4g} |"
             )

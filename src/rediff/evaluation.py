@@ -125,10 +125,11 @@ def draw(
     return out.x, labels, out.nfe
 
 
-def score(config, x: Tensor, samples: Tensor, labels: Tensor | None, generator) -> list[Score]:
+def score(config, x: Tensor, samples: Tensor, labels: Tensor | None, seed: int = 0) -> list[Score]:
     """Scores of ``samples`` against the run's data x: Frechet distance (and accuracy of
     class-conditional samples) for digits; sliced Wasserstein and energy distance, with the
-    same distances between two disjoint halves of the data as floors, for [N, d] data."""
+    same distances between two disjoint halves of the data as floors, for [N, d] data (the
+    halves and the projections fixed by ``seed``, so every sampler meets the same floor)."""
     if config.data.kind == "digits":
         scores = [
             Score(
@@ -157,14 +158,14 @@ def score(config, x: Tensor, samples: Tensor, labels: Tensor | None, generator) 
         raise ValueError(
             f"scoring {n} samples needs at least {2 * n} data points, have {x.shape[0]}"
         )
-    perm = torch.randperm(x.shape[0], generator=generator)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     ref, other = x[perm[:n]], x[perm[n : 2 * n]]
+
+    def sw(a: Tensor) -> float:  # the same projections for samples and floor
+        return metrics.sliced_wasserstein(a, ref, generator=torch.Generator().manual_seed(seed))
+
     return [
-        Score(
-            "sliced Wasserstein",
-            metrics.sliced_wasserstein(samples, ref, generator=generator),
-            metrics.sliced_wasserstein(other, ref, generator=generator),
-        ),
+        Score("sliced Wasserstein", sw(samples), sw(other)),
         Score(
             "energy distance",
             metrics.energy_distance(samples, ref),
@@ -186,7 +187,7 @@ def evaluate_run(
     n = n or default_n(config, x)
     gen = torch.Generator().manual_seed(seed)
     samples, labels, nfe = draw(model, config, tuple(x.shape[1:]), n, sampler, steps, gen)
-    scores = score(config, x, samples, labels, gen)
+    scores = score(config, x, samples, labels, seed)
     _write_report(Path(run_dir), scores, sampler, steps, n, nfe)
     return scores
 

@@ -29,20 +29,9 @@ def save_samples(x: Tensor, path: str | Path, title: str = "") -> Path:
         ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1, alpha=0.5)
         ax.set_aspect("equal", adjustable="datalim")
     elif x.ndim == 4:
-        n = min(x.shape[0], 100)
-        cols = min(n, 10)
-        rows = (n + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(cols, rows), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < n:
-                img = x[i].clamp(-1, 1).permute(1, 2, 0).numpy()
-                ax.imshow(
-                    img[..., 0] if img.shape[2] == 1 else (img + 1) / 2,
-                    cmap="gray",
-                    vmin=-1,
-                    vmax=1,
-                )
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.imshow(image_grid(x[:100], 10), cmap="gray", vmin=-1, vmax=1)
+        ax.axis("off")
     else:
         raise ValueError(
             f"can picture 2-D points [N, 2] or images [N, C, H, W], got {tuple(x.shape)}"
@@ -54,10 +43,12 @@ def save_samples(x: Tensor, path: str | Path, title: str = "") -> Path:
     return Path(path)
 
 
-def image_grid(x: Tensor, cols: int) -> Tensor:
-    """Images [N, C, H, W] tiled into one picture [rows*H, cols*W] (C = 1) or
-    [rows*H, cols*W, C], padded with -1 (black) where the last row is short."""
+def image_grid(x: Tensor, cols: int, gap: int = 1) -> Tensor:
+    """Images [N, C, H, W] in [-1, 1] tiled into one picture [rows*(H+gap), cols*(W+gap)]
+    (C = 1, values in [-1, 1]) or [..., C] (values in [0, 1]); tiles are separated by
+    ``gap`` grey (0) pixels and the short last row is padded with black (-1)."""
     x = x.detach().float().cpu().clamp(-1, 1)
+    x = torch.nn.functional.pad(x, (0, gap, 0, gap), value=0.0)
     n, c, h, w = x.shape
     rows = -(-n // cols)
     pad = torch.full((rows * cols - n, c, h, w), -1.0)

@@ -125,6 +125,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    device: str = "cpu"  # where collectives' tensors live
 
     @property
     def writes(self) -> bool:
@@ -133,6 +134,14 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             torch.distributed.barrier()
+
+    def stop(self, here: bool) -> bool:
+        """True on every process if process 0 says so (clocks differ between processes)."""
+        if self.size == 1:
+            return here
+        flag = torch.tensor([float(here)], device=self.device)
+        torch.distributed.broadcast(flag, 0)
+        return bool(flag.item())
 
     def mean(self, value: Tensor) -> float:
         """The mean of a scalar over all processes (each holds its slice's loss)."""
@@ -160,7 +169,7 @@ def _join_world(device: torch.device) -> World:
         return World()
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(torch.distributed.get_rank(), size)
+    return World(torch.distributed.get_rank(), size, str(device))
 
 
 def _process_device(device: torch.device) -> torch.device:
@@ -307,19 +316,20 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    time_limit: float | None = None,
 ) -> DiffusionModel:
     """Train per ``config`` into ``run_dir``; return the EMA model.
 
-    ``stop_after`` ends the run after that many total steps (as an interruption would), with
-    a checkpoint; ``resume=True`` continues from the last checkpoint.
+    ``stop_after`` ends the run after that many total steps, and ``time_limit`` after the
+    first step that ends that many seconds after the loop began (as an interruption would),
+    with a checkpoint; ``resume=True`` continues from the last checkpoint.
     """
     run, t = Path(run_dir), config.train
-    device = _device(config)
+    device = _process_device(_device(config))
     objective = build_objective(config)
     x, labels = load_data(config)
     objective.check_data(x)
     world = _join_world(device)
-    device = _process_device(device)
     if t.batch_size % world.size:
         raise ValueError(
             f"train.batch_size = {t.batch_size} (the global batch) must divide evenly over "
@@ -360,6 +370,8 @@ def train(
         optimizer.step()
         ema.update(model, t.batch_size)
         step, seen = step + 1, seen + t.batch_size
+        if time_limit is not None and world.stop(time.perf_counter() - clock >= time_limit):
+            last = step
         if step % t.log_every == 0 or step == last:
             value, rate = world.mean(loss.detach()), seen / max(time.perf_counter() - clock, 1e-9)
             if writer:
