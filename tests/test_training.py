@@ -87,6 +87,12 @@ def test_bad_config_is_refused_before_any_file_changes(tmp_path):
         load_config(bad)
     with pytest.raises(ValueError, match=r"unknown schedule.kind"):
         train(load_config(None, ["schedule.kind='cosmic'"]), run, progress=False)
+    with pytest.raises(ValueError, match=r"train.precision must be"):
+        train(load_config(None, ["train.precision='fp8'"]), run, progress=False)
+    with pytest.raises(ValueError, match=r"unknown sampler"):
+        train(load_config(None, ["sample.sampler='dpm+++'"]), run, progress=False)
+    with pytest.raises(ValueError, match=r"loss"):
+        train(load_config(None, ["loss.kind='elbo'"]), run, progress=False)
     assert not run.exists()
 
 
@@ -208,3 +214,15 @@ def test_every_shipped_config_builds_and_trains(tmp_path, path):
         return
     train(config, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "ema.safetensors").is_file()
+
+
+def test_resume_refuses_weights_from_another_model_without_changing_files(tmp_path):
+    run, other = tmp_path / "run", tmp_path / "other"
+    config = load_config(None, [*SMALL, "train.steps=4"])
+    train(config, run, progress=False, stop_after=2)
+    train(load_config(None, [*SMALL, "train.steps=4", "model.width=32"]), other, progress=False)
+    (run / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ValueError, match="does not fit the run's config"):
+        train(config, run, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rediff import data, losses
+from rediff import data, losses, samplers
 from rediff._io import atomic_save_tensors, atomic_write, load_tensors
 from rediff._tensor import Tensor, check_finite
 from rediff.model import Conditioned, DiffusionModel
@@ -216,6 +216,16 @@ def _save(run: Path, model, ema: EMA, optimizer, step: int, generator) -> None:
     atomic_write(run / STATE, lambda tmp: torch.save(state, tmp))
 
 
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights, or a ValueError saying they do not fit the config."""
+    try:
+        model.load_state_dict(load_tensors(path))
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path} does not fit the run's config (was it written by another config?): {error}"
+        ) from None
+
+
 def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) -> int:
     saved = load_config(run / "config.toml")
     if saved != config:
@@ -223,8 +233,8 @@ def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) ->
             f"{run} holds a run with a different config; resume with the same config (see "
             f"{run / 'config.toml'}) or start a new run directory"
         )
-    model.load_state_dict(load_tensors(run / "model.safetensors"))
-    ema.model.load_state_dict(load_tensors(run / "ema.safetensors"))
+    _load_weights(model, run / "model.safetensors")
+    _load_weights(ema.model, run / "ema.safetensors")
     state = torch.load(run / STATE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
@@ -257,13 +267,7 @@ def load_run(run_dir: str | Path, weights: str = "ema") -> tuple[Config, Diffusi
     config = load_config(run / "config.toml")
     x, _ = load_data(config)
     model = build_model(config, tuple(x.shape[1:]))
-    state = load_tensors(run / f"{weights}.safetensors")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(
-            f"{run}/{weights}.safetensors does not fit the run's config: {error}"
-        ) from None
+    _load_weights(model, run / f"{weights}.safetensors")
     return config, model.eval()
 
 
@@ -327,6 +331,8 @@ def train(
     run, t = Path(run_dir), config.train
     device = _process_device(_device(config))
     objective = build_objective(config)
+    _autocast(config, device)  # validates train.precision
+    samplers.get(config.sample.sampler)  # validates the sampler of the sample grids
     x, labels = load_data(config)
     objective.check_data(x)
     world = _join_world(device)
