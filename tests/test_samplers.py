@@ -59,6 +59,36 @@ def test_ddpm_posterior_variance_is_ddim_eta_one():
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+class _Fraction(rediff.Denoiser):
+    """An exact denoiser that reports a constant learned-variance fraction."""
+
+    def __init__(self, inner, fraction):
+        self.inner, self.schedule, self.fraction = inner, inner.schedule, fraction
+
+    def __call__(self, x_t, t, **cond):
+        return self.inner(x_t, t)
+
+    def with_variance(self, x_t, t, **cond):
+        return self.inner(x_t, t), torch.full_like(x_t, self.fraction)
+
+
+@pytest.mark.parametrize("fraction, fixed", [(1.0, "beta"), (0.0, "beta_tilde")])
+def test_learned_variance_at_its_ends_is_a_fixed_variance(fraction, fixed):
+    """Nichol & Dhariwal's exp(f log beta + (1 - f) log beta_tilde) on any grid."""
+    sched = schedules.DiscreteVP.linear(1000)
+    den = data.eight_gaussians_mixture().denoiser(sched)
+    x = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = grids.make(sched, 20, "trailing")
+    learned = _Fraction(den, fraction)
+    a = samplers.ddpm(
+        learned, x, ts, variance="learned", generator=torch.Generator().manual_seed(1)
+    )
+    b = samplers.ddpm(den, x, ts, variance=fixed, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    out = rediff.sample(learned, (8, 2), sampler="ddpm", steps=5, variance="learned")
+    assert out.nfe == 5
+
+
 def test_variances_match_ddpm_closed_forms():
     """For VP, beta_tilde = (1 - abar_q)/(1 - abar_p) (1 - abar_p/abar_q) (Ho et al. 2020,
     eq. 7) and, between consecutive steps, beta = beta_k."""

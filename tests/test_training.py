@@ -158,6 +158,8 @@ def test_torchrun_two_processes_match_one(tmp_path):
         [
             "loss.kind='hybrid'",
             "loss.time_sampler='steps'",
+            "loss.variance='learned'",
+            "model.learned_variance=true",
             "model.target='eps'",
             "data.kind='digits'",
         ],

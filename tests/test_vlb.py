@@ -9,6 +9,7 @@ import torch
 
 from rediff import losses, schedules, vlb
 from rediff.data import GaussianMixture
+from rediff.model import Denoiser, DiffusionModel
 
 MEAN = torch.tensor([0.2, -0.1], dtype=torch.float64)
 COV = torch.tensor([[0.04, 0.01], [0.01, 0.03]], dtype=torch.float64)
@@ -125,3 +126,88 @@ def test_bad_input_is_refused():
         vlb.step_terms(den, torch.zeros(2, 2), torch.tensor([0, 3]), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="time_sampler = 'steps'"):
         losses.Objective("vlb")
+
+
+class ConstantFraction(Denoiser):
+    """The exact denoiser with a learned-variance fraction: a constant, or one learnable value
+    per step k (shared by every element)."""
+
+    def __init__(self, inner, fraction):
+        self.inner, self.schedule, self.fraction = inner, inner.schedule, fraction
+
+    def __call__(self, x_t, t, **cond):
+        return self.inner(x_t, t)
+
+    def with_variance(self, x_t, t, **cond):
+        f = self.fraction
+        if isinstance(f, torch.Tensor):  # per step: index by k = T t
+            k = torch.round(torch.as_tensor(t) * self.schedule.num_steps).long()
+            f = f[k - 1][:, None].expand_as(x_t)
+        return self.inner(x_t, t), torch.as_tensor(f, dtype=torch.float64).expand_as(x_t)
+
+
+def test_learned_variance_at_its_ends_is_beta_and_beta_tilde():
+    schedule = schedules.DiscreteVP.linear(30, 1e-3, 0.3)
+    den = gaussian().denoiser(schedule)
+    gen = torch.Generator().manual_seed(4)
+    x0 = torch.round(gaussian().sample(64, generator=gen).clamp(-1, 1) * 127.5) / 127.5
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    k = torch.randint(1, 31, (64,), generator=gen)
+    for fraction, fixed in [(1.0, "beta"), (0.0, "beta_tilde")]:
+        learned = vlb.step_terms(ConstantFraction(den, fraction), x0, k, noise, variance="learned")
+        torch.testing.assert_close(learned, vlb.step_terms(den, x0, k, noise, variance=fixed))
+
+
+def test_variance_trained_on_the_bound_is_the_optimal_variance():
+    """With the exact mean, the KL term as a function of an isotropic s_k^2 is minimised at
+    s_k^2* = beta_tilde_k + c0_k^2 tr Cov(x0 | x_k) / d (Bao et al. 2022's optimum in this
+    family); training the fraction per step on the bound must find it."""
+    T = 10
+    schedule = schedules.DiscreteVP.linear(T, 1e-2, 0.4)
+    den = gaussian().denoiser(schedule)
+    fraction = torch.full((T,), 0.5, dtype=torch.float64, requires_grad=True)
+    model = ConstantFraction(den, fraction)
+    opt = torch.optim.Adam([fraction], lr=0.05)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(400):
+        x0 = gaussian().sample(1024, generator=gen)
+        loss = 0.0
+        for k in range(2, T + 1):
+            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+            ks = torch.full((1024,), k)
+            loss = loss + vlb.kl_term(model, x0, ks, noise, variance="learned").mean()
+        for group in opt.param_groups:
+            group["lr"] = 0.05 if step < 250 else 0.005
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    c = vlb.StepCoefficients.of(schedule)
+    abar = schedule.alphas_cumprod()
+    for k in range(2, T + 1):
+        post = torch.linalg.inv(
+            torch.linalg.inv(COV) + abar[k - 1] / (1 - abar[k - 1]) * torch.eye(2)
+        )
+        optimum = c.beta_tilde[k - 1] + c.c0[k - 1] ** 2 * post.trace() / 2
+        f = fraction[k - 1].detach()
+        learned = torch.exp(f * c.beta[k - 1].log() + (1 - f) * c.beta_tilde[k - 1].log())
+        assert abs(float(learned / optimum) - 1) < 0.02, (k, float(learned), float(optimum))
+
+
+def test_learned_variance_model_shapes_and_errors():
+    from rediff.nets import MLP
+
+    schedule = schedules.DiscreteVP.linear(10)
+    model = DiffusionModel(MLP(2, 16, 1, outputs=2), schedule, learned_variance=True)
+    x = torch.randn(5, 2)
+    x0, fraction = model.with_variance(x, 0.5)
+    assert x0.shape == fraction.shape == (5, 2)
+    torch.testing.assert_close(model(x, 0.5), x0)
+    with pytest.raises(ValueError, match="outputs=2"):
+        DiffusionModel(MLP(2, 16, 1), schedule, learned_variance=True)(x, 0.5)
+    with pytest.raises(TypeError, match="does not learn its reverse variance"):
+        gaussian().denoiser(schedule).with_variance(x, 0.5)
+    with pytest.raises(ValueError, match="variance = 'learned'"):
+        losses.Objective("hybrid", time_sampler="steps")
+    objective = losses.Objective("vlb", time_sampler="steps", variance="learned")
+    with pytest.raises(ValueError, match="learned_variance"):
+        objective.check_model(DiffusionModel(MLP(2, 16, 1), schedule))

@@ -119,8 +119,15 @@ def draw(
     if config.model.num_classes:
         labels = torch.arange(n) % config.model.num_classes
         den = Conditioned(model, labels=labels)
+    options = config.sampler_options(sampler)
     out = sample(
-        den, (n, *shape), sampler=sampler, steps=steps, generator=generator, progress=False
+        den,
+        (n, *shape),
+        sampler=sampler,
+        steps=steps,
+        generator=generator,
+        progress=False,
+        **options,
     )
     return out.x, labels, out.nfe
 

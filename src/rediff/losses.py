@@ -167,14 +167,18 @@ def vlb_loss(
     *,
     variance: vlb.ReverseVariance | str = vlb.ReverseVariance.BETA,
     levels: int = 256,
+    detach_mean: bool = False,
     **cond,
 ) -> Tensor:
     """The discrete variational bound in bits per dimension, estimated from one step per
     sample: L_T + T L_{k-1}, k = T t uniform on 1..T (``rediff.vlb``), batch mean. Its
-    expectation over k is the whole bound, so it trains what ``rediff.vlb.vlb`` reports."""
+    expectation over k is the whole bound, so it trains what ``rediff.vlb.vlb`` reports.
+    ``detach_mean`` lets only a learned variance learn from it (the hybrid loss)."""
     schedule = vlb.discrete_schedule(model)
     k = torch.round(_checked_times(schedule, x0, t) * schedule.num_steps).long()
-    terms = vlb.step_terms(model, x0, k, noise, variance=variance, levels=levels, **cond)
+    terms = vlb.step_terms(
+        model, x0, k, noise, variance=variance, levels=levels, detach_mean=detach_mean, **cond
+    )
     total = schedule.prior_kl(x0).to(terms.device) + schedule.num_steps * terms
     return (total / (x0[0].numel() * math.log(2.0))).mean()
 
@@ -214,7 +218,9 @@ class Loss(str, Enum):
 
     DENOISING = "denoising"
     VLB = "vlb"
-    HYBRID = "hybrid"  # denoising (simple) + vlb_weight * vlb (Nichol & Dhariwal 2021, eq. 16)
+    # denoising (simple) + vlb_weight * vlb through the learned variance only (Nichol &
+    # Dhariwal 2021, eq. 16 and section 3.1)
+    HYBRID = "hybrid"
     SLICED_SM = "sliced_sm"
     EXACT_SM = "exact_sm"
 
@@ -253,6 +259,20 @@ class Objective:
                 f"loss {self.kind.value!r} estimates a sum over DDPM's steps: set "
                 "time_sampler = 'steps'"
             )
+        if self.kind is Loss.HYBRID and self.variance is not vlb.ReverseVariance.LEARNED:
+            raise ValueError(
+                "the hybrid loss trains a learned reverse variance with the bound: set "
+                "variance = 'learned' (and build the model with learned_variance)"
+            )
+
+    def check_model(self, model: DiffusionModel) -> None:
+        """Refuse a model this objective cannot train (before a run starts)."""
+        learned = self.variance is vlb.ReverseVariance.LEARNED
+        if learned and self.kind in (Loss.VLB, Loss.HYBRID) and not model.learned_variance:
+            raise ValueError(
+                "variance = 'learned' needs a model built with learned_variance "
+                "(model.learned_variance = true)"
+            )
 
     def check_data(self, x: Tensor) -> None:
         """Refuse training data this objective cannot use (before a run starts)."""
@@ -278,7 +298,16 @@ class Objective:
         if self.kind in (Loss.SLICED_SM, Loss.EXACT_SM):
             return score_matching_loss(model, x0, t, noise, draws.get("probes"), **cond)
         bound = (
-            vlb_loss(model, x0, t, noise, variance=self.variance, levels=self.levels, **cond)
+            vlb_loss(
+                model,
+                x0,
+                t,
+                noise,
+                variance=self.variance,
+                levels=self.levels,
+                detach_mean=self.kind is Loss.HYBRID,
+                **cond,
+            )
             if self.kind in (Loss.VLB, Loss.HYBRID)
             else None
         )

@@ -35,6 +35,15 @@ class Denoiser(ABC):
         x0 = self(x_t, t, **cond)
         return Prediction(x_t, x0, self.schedule.alpha(t), self.schedule.sigma(t))
 
+    def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        """x0_hat and the learned reverse-variance fraction f (one evaluation), for models
+        that learn their variance: the reverse step's variance is exp(f log beta +
+        (1 - f) log beta_tilde) (Nichol & Dhariwal 2021, eq. 15)."""
+        raise TypeError(
+            f"{type(self).__name__} does not learn its reverse variance; use a DiffusionModel "
+            "built with learned_variance=True, or a fixed variance (beta, beta_tilde)"
+        )
+
 
 class Conditioned(Denoiser):
     """A Denoiser with its conditioning bound: ``Conditioned(model, labels=y)(x_t, t)`` is
@@ -45,6 +54,9 @@ class Conditioned(Denoiser):
 
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         return self.denoiser(x_t, t, **{**self.cond, **cond})
+
+    def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        return self.denoiser.with_variance(x_t, t, **{**self.cond, **cond})
 
 
 class TimeInput(str, Enum):
@@ -79,6 +91,9 @@ class DiffusionModel(nn.Module, Denoiser):
         target: ``"eps"`` (default), ``"x0"``, ``"score"``, ``"v"`` or ``"edm"``.
         time_input: ``"t"`` (default), ``"step"`` (DiscreteVP only) or ``"c_noise"``.
         sigma_data: data standard deviation for the ``edm`` target.
+        learned_variance: the net also outputs v (stacked after the prediction on dim 1),
+            the reverse variance's interpolation fraction f = (v + 1) / 2 (Nichol & Dhariwal
+            2021, eq. 15); build the net with ``outputs=2``.
     """
 
     def __init__(
@@ -88,8 +103,10 @@ class DiffusionModel(nn.Module, Denoiser):
         target: Target | str = Target.EPS,
         time_input: TimeInput | str = TimeInput.T,
         sigma_data: float = 0.5,
+        learned_variance: bool = False,
     ) -> None:
         super().__init__()
+        self.learned_variance = bool(learned_variance)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a rediff Schedule, got {type(schedule).__name__}")
         self.net = net
@@ -113,17 +130,42 @@ class DiffusionModel(nn.Module, Denoiser):
             return 0.25 * torch.log(self.schedule.noise_level(t))
         return t
 
-    def target_prediction(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
-        """The network's raw output: its prediction of ``self.target`` at (x_t, t)."""
+    def outputs(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor | None]:
+        """One network evaluation: its prediction of ``self.target`` at (x_t, t), and the
+        variance fraction f (None unless ``learned_variance``)."""
         t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         scale = input_scale(self.target, alpha, sigma, self.sigma_data)
         feature_dtype = torch.promote_types(x_t.dtype, torch.float32)
-        return self.net(expand_to(scale, x_t) * x_t, self.time_feature(t).to(feature_dtype), **cond)
+        out = self.net(expand_to(scale, x_t) * x_t, self.time_feature(t).to(feature_dtype), **cond)
+        if not self.learned_variance:
+            return out, None
+        if out.shape[1] != 2 * x_t.shape[1]:
+            raise ValueError(
+                f"learned_variance needs the net to output [B, 2 x {x_t.shape[1]}, ...] (build it "
+                f"with outputs=2), got {tuple(out.shape)}"
+            )
+        prediction, v = out.chunk(2, dim=1)
+        return prediction, (v + 1.0) / 2.0
+
+    def target_prediction(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """The network's prediction of ``self.target`` at (x_t, t)."""
+        return self.outputs(x_t, t, **cond)[0]
+
+    def _x0(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        return convert(
+            prediction, x_t, alpha, sigma, self.target, Target.X0, sigma_data=self.sigma_data
+        )
 
     def forward(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """x0_hat for x_t: [B, *D], t a scalar or [B] in [t_min, t_max]."""
         t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
-        out = self.target_prediction(x_t, t, **cond)
-        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
-        return convert(out, x_t, alpha, sigma, self.target, Target.X0, sigma_data=self.sigma_data)
+        return self._x0(self.target_prediction(x_t, t, **cond), x_t, t)
+
+    def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        if not self.learned_variance:
+            return super().with_variance(x_t, t, **cond)
+        t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
+        prediction, fraction = self.outputs(x_t, t, **cond)
+        return self._x0(prediction, x_t, t), fraction

@@ -30,6 +30,10 @@ class CountingDenoiser(Denoiser):
         self.calls += 1
         return self.denoiser(x_t, t, **cond)
 
+    def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        self.calls += 1
+        return self.denoiser.with_variance(x_t, t, **cond)
+
 
 @dataclass(frozen=True)
 class Samples:

@@ -7,16 +7,18 @@ For a DiscreteVP with steps k = 1..T and data x0 on a grid of ``levels`` values 
     L_{k-1} = E_q KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)),
     L_0     = -E_q log p(x0 | x_1)     (the discretised Gaussian decoder, eq. 13).
 
-The reverse step p(x_{k-1} | x_k) = N(mu_tilde(x_k, x0_hat(x_k)), s_k^2 I) uses the posterior
-mean with the denoiser's x0_hat and a fixed variance s_k^2: DDPM's beta_k or the posterior
+The reverse step p(x_{k-1} | x_k) = N(mu_tilde(x_k, x0_hat(x_k)), s_k^2) uses the posterior
+mean with the denoiser's x0_hat and a variance s_k^2: DDPM's fixed beta_k or the posterior
 variance beta_tilde_k (at k = 1, where beta_tilde_1 = 0, beta_tilde_2 is used, as in
-Nichol & Dhariwal 2021's clipped log-variance). With (alpha, sigma) of the two steps,
+Nichol & Dhariwal 2021's clipped log-variance), or, for a model that learns it, the
+per-element interpolation exp(f log beta_k + (1 - f) log beta_tilde_k) (their eq. 15).
+With (alpha, sigma) of the two steps,
 
     mu_tilde = (alpha_k / alpha_{k-1}) (sigma_{k-1}^2 / sigma_k^2) x_k + c0_k x0,
     c0_k = alpha_{k-1} beta_k / sigma_k^2,   beta_tilde_k = sigma_{k-1}^2 beta_k / sigma_k^2,
 
 so the model's and the true mean differ by c0_k (x0 - x0_hat), and each KL between isotropic
-Gaussians is, per dimension, 0.5 (log(s^2 / v) + v / s^2 - 1 + (c0 (x0 - x0_hat))^2 / s^2).
+Gaussians is, per element, 0.5 (log(s^2 / v) + v / s^2 - 1 + (c0 (x0 - x0_hat))^2 / s^2).
 Terms are in nats per sample; ``bits_per_dim`` divides by d ln 2.
 """
 
@@ -37,10 +39,12 @@ _LN2 = math.log(2.0)
 
 
 class ReverseVariance(str, Enum):
-    """The fixed variance of p(x_{k-1} | x_k): beta_k (upper bound) or beta_tilde_k."""
+    """The variance of p(x_{k-1} | x_k): beta_k (upper bound), beta_tilde_k, or the model's
+    learned interpolation between their logarithms."""
 
     BETA = "beta"
     BETA_TILDE = "beta_tilde"
+    LEARNED = "learned"
 
     @classmethod
     def parse(cls, value: ReverseVariance | str) -> ReverseVariance:
@@ -83,9 +87,11 @@ class StepCoefficients:
         )
 
     def reverse_variance(self, variance: ReverseVariance) -> Tensor:
-        """s_k^2, float64 [T]."""
+        """s_k^2 of a fixed variance, float64 [T]."""
         if variance is ReverseVariance.BETA:
             return self.beta
+        if variance is ReverseVariance.LEARNED:
+            raise ValueError("a learned variance depends on x_k: see _reverse")
         clipped = self.beta_tilde.clone()
         clipped[0] = self.beta_tilde[1] if len(clipped) > 1 else self.beta[0]
         return clipped
@@ -97,7 +103,7 @@ def _normal_cdf(z: Tensor) -> Tensor:
 
 def decoder_log_prob(x0: Tensor, mean: Tensor, std: Tensor | float, levels: int = 256) -> Tensor:
     """log p(x0 | x_1) of DDPM's discretised Gaussian decoder (Ho et al. 2020, eq. 13), summed
-    over dimensions: [B, *D] -> [B], float64.
+    over dimensions: [B, *D] -> [B], float64 (``std`` a number, [B] or per element).
 
     x0 lies on ``levels`` equally spaced values in [-1, 1] (256 for 8-bit images, 17 for the
     digits); each value owns the interval of half-width 1 / (levels - 1) around it, and the
@@ -107,7 +113,8 @@ def decoder_log_prob(x0: Tensor, mean: Tensor, std: Tensor | float, levels: int 
         raise ValueError(f"levels must be at least 2, got {levels}")
     half = 1.0 / (levels - 1)
     x = x0.to(torch.float64)
-    std = expand_to(torch.as_tensor(std, dtype=torch.float64), x)
+    std = torch.as_tensor(std, dtype=torch.float64, device=x.device)
+    std = std if std.ndim == x.ndim else expand_to(std, x)
     upper = torch.where(x > 1.0 - half / 2, torch.inf, (x + half - mean) / std)
     lower = torch.where(x < -1.0 + half / 2, -torch.inf, (x - half - mean) / std)
     # difference of CDFs taken on the side of the mean where it is not a difference of ones
@@ -137,9 +144,29 @@ def _step_times(schedule: DiscreteVP, k: Tensor, x0: Tensor) -> tuple[Tensor, Te
     return k - 1, (k.double() / schedule.num_steps).to(x0.device)
 
 
-def _denoise(denoiser: Denoiser, schedule, x0, t, noise, cond) -> Tensor:
-    """x0_hat(x_k) in float64 for one draw x_k = alpha_k x0 + sigma_k noise."""
-    return denoiser(schedule.marginal(x0, t, noise), t, **cond).to(torch.float64)
+def _reverse(
+    denoiser: Denoiser, x0, i: Tensor, t, noise, variance: ReverseVariance, detach_mean, cond
+) -> tuple[Tensor, Tensor]:
+    """x0_hat(x_k) and s_k^2 (per step [B], or per element when learned), float64, for one
+    draw x_k = alpha_k x0 + sigma_k noise; ``detach_mean`` stops gradients through x0_hat
+    (the hybrid loss trains the variance only with the bound)."""
+    schedule = discrete_schedule(denoiser)
+    x_k = schedule.marginal(x0, t, noise)
+    coefficients = StepCoefficients.of(schedule)
+    x64 = x0.to(torch.float64)  # coefficients broadcast in float64: the KL's constant part
+    # log(s^2 / v) + v / s^2 - 1 cancels to ~1e-10 at large k
+    if variance is ReverseVariance.LEARNED:
+        x0_hat, fraction = denoiser.with_variance(x_k, t, **cond)
+        log_beta = expand_to(coefficients.beta.log()[i].to(x0.device), x64)
+        clipped = coefficients.reverse_variance(ReverseVariance.BETA_TILDE)
+        log_beta_tilde = expand_to(clipped.log()[i].to(x0.device), x64)
+        fraction = fraction.to(torch.float64)
+        s2 = torch.exp(fraction * log_beta + (1.0 - fraction) * log_beta_tilde)
+    else:
+        x0_hat = denoiser(x_k, t, **cond)
+        s2 = expand_to(coefficients.reverse_variance(variance)[i].to(x0.device), x64)
+    x0_hat = x0_hat.detach() if detach_mean else x0_hat
+    return x0_hat.to(torch.float64), s2
 
 
 def kl_term(
@@ -149,6 +176,7 @@ def kl_term(
     noise: Tensor,
     *,
     variance: ReverseVariance | str = ReverseVariance.BETA,
+    detach_mean: bool = False,
     **cond,
 ) -> Tensor:
     """L_{k-1} = KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)) per sample for k [B] in 2..T,
@@ -157,13 +185,13 @@ def kl_term(
     i, t = _step_times(schedule, k, x0)
     if bool((i < 1).any()):
         raise ValueError("kl_term takes k >= 2; k = 1 is the decoder term (decoder_nll)")
-    c = StepCoefficients.of(schedule)
-    s2 = c.reverse_variance(ReverseVariance.parse(variance))[i].to(x0.device)
-    v, c0 = c.beta_tilde[i].to(x0.device), c.c0[i].to(x0.device)
-    x0_hat = _denoise(denoiser, schedule, x0, t, noise, cond)
-    err = sum_except_batch((x0.to(torch.float64) - x0_hat).square())
-    d = x0[0].numel()
-    return 0.5 * (d * (torch.log(s2 / v) + v / s2 - 1.0) + c0.square() * err / s2)
+    variance = ReverseVariance.parse(variance)
+    x0_hat, s2 = _reverse(denoiser, x0, i, t, noise, variance, detach_mean, cond)
+    c, x64 = StepCoefficients.of(schedule), x0.to(torch.float64)
+    v = expand_to(c.beta_tilde[i].to(x0.device), x64)
+    c0 = expand_to(c.c0[i].to(x0.device), x64)
+    err = (c0 * (x64 - x0_hat)).square()
+    return 0.5 * sum_except_batch(torch.log(s2 / v) + v / s2 - 1.0 + err / s2)
 
 
 def decoder_nll(
@@ -173,16 +201,17 @@ def decoder_nll(
     *,
     variance: ReverseVariance | str = ReverseVariance.BETA,
     levels: int = 256,
+    detach_mean: bool = False,
     **cond,
 ) -> Tensor:
     """L_0 = -log p(x0 | x_1) per sample, nats, float64 [B], from one draw of x_1. The
     decoder's mean is mu_tilde at k = 1, which is x0_hat (alpha_0 = 1, sigma_0 = 0)."""
     schedule = discrete_schedule(denoiser)
     check_data(x0)
-    _, t = _step_times(schedule, torch.ones(x0.shape[0]), x0)
-    std = StepCoefficients.of(schedule).reverse_variance(ReverseVariance.parse(variance))[0]
-    x0_hat = _denoise(denoiser, schedule, x0, t, noise, cond)
-    return -decoder_log_prob(x0, x0_hat, float(std.sqrt()), levels)
+    i, t = _step_times(schedule, torch.ones(x0.shape[0]), x0)
+    variance = ReverseVariance.parse(variance)
+    x0_hat, s2 = _reverse(denoiser, x0, i, t, noise, variance, detach_mean, cond)
+    return -decoder_log_prob(x0, x0_hat, s2.sqrt(), levels)
 
 
 def step_terms(
@@ -193,16 +222,18 @@ def step_terms(
     *,
     variance: ReverseVariance | str = ReverseVariance.BETA,
     levels: int = 256,
+    detach_mean: bool = False,
     **cond,
 ) -> Tensor:
     """L_{k-1} (k >= 2) or L_0 (k = 1) per sample for mixed steps k [B] (training draws)."""
     schedule = discrete_schedule(denoiser)
     i, _ = _step_times(schedule, k, x0)
     k, first = i + 1, (i == 0).to(x0.device)
-    kl = kl_term(denoiser, x0, k.clamp_min(2), noise, variance=variance, **cond)
+    options = {"variance": variance, "detach_mean": detach_mean}
+    kl = kl_term(denoiser, x0, k.clamp_min(2), noise, **options, **cond)
     if not bool(first.any()):
         return kl
-    nll = decoder_nll(denoiser, x0, noise, variance=variance, levels=levels, **cond)
+    nll = decoder_nll(denoiser, x0, noise, levels=levels, **options, **cond)
     return torch.where(first, nll, kl)
 
 

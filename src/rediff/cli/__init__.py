@@ -62,8 +62,14 @@ def _sample(args: argparse.Namespace) -> int:
             raise SystemExit("--class needs a class-conditional model (model.num_classes > 0)")
         den = rediff.Conditioned(model, labels=torch.full((args.n,), args.class_label))
     gen = torch.Generator().manual_seed(args.seed)
+    options = config.sampler_options(args.sampler)
     out = rediff.sample(
-        den, (args.n, *x.shape[1:]), sampler=args.sampler, steps=args.steps, generator=gen
+        den,
+        (args.n, *x.shape[1:]),
+        sampler=args.sampler,
+        steps=args.steps,
+        generator=gen,
+        **options,
     )
     path = save_samples(out.x, args.out, f"{args.run_dir}: {args.sampler}, NFE {out.nfe}")
     print(f"wrote {args.n} samples ({out.nfe} evaluations) to {path}")

@@ -26,7 +26,8 @@ class _Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """net(x [B, *S], time [B], labels=None) -> [B, *S] with S flattened to ``dim`` features.
+    """net(x [B, *S], time [B], labels=None) -> [B, *S] with S flattened to ``dim`` features
+    (``outputs`` = 2: [B, 2 S_0, *S_1:], e.g. a prediction and a variance, stacked on dim 1).
 
     Args:
         dim: prod(S), the data dimension.
@@ -43,13 +44,14 @@ class MLP(nn.Module):
         emb_dim: int = 128,
         time_scale: float = 1000.0,
         num_classes: int | None = None,
+        outputs: int = 1,
     ):
         super().__init__()
-        self.dim = dim
+        self.dim, self.outputs = dim, outputs
         self.embed = TimeEmbedding(emb_dim, emb_dim, time_scale, num_classes)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, outputs * dim))
 
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
         if math.prod(x.shape[1:]) != self.dim:
@@ -58,4 +60,4 @@ class MLP(nn.Module):
         h = self.inp(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h).reshape(x.shape)
+        return self.out(h).reshape(x.shape[0], self.outputs * x.shape[1], *x.shape[2:])

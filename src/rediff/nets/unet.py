@@ -68,6 +68,7 @@ class UNet(nn.Module):
         attn_resolutions: resolutions (e.g. 16) with self-attention after each block.
         dropout: inside residual blocks. groups: GroupNorm groups (32 in DDPM).
         time_scale: see ``TimeEmbedding``. num_classes: class conditioning with a null label.
+        outputs: output tensors shaped like x, stacked on the channels ([B, outputs C, H, W]).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class UNet(nn.Module):
         groups: int = 32,
         time_scale: float = 1.0,
         num_classes: int | None = None,
+        outputs: int = 1,
     ):
         super().__init__()
         if resolution % 2 ** (len(ch_mult) - 1):
@@ -129,7 +131,7 @@ class UNet(nn.Module):
                 )
                 res *= 2
         self.out = nn.Sequential(
-            _norm(width, groups), nn.SiLU(), nn.Conv2d(width, channels, 3, padding=1)
+            _norm(width, groups), nn.SiLU(), nn.Conv2d(width, outputs * channels, 3, padding=1)
         )
 
     @classmethod

@@ -8,8 +8,10 @@ for any (alpha, sigma) with lam = log(alpha / sigma) and h = lam_q - lam_p > 0:
 where c^2 = sigma_q^2 (1 - e^{-2h}) is the posterior variance of q(x_q | x_p, x0)
 (DDPM's beta_tilde; for VP it equals (1 - abar_q)/(1 - abar_p) (1 - abar_p/abar_q)).
 DDIM: v = w = eta^2 c^2. DDPM: v = c^2 (the posterior mean, Ho et al. 2020, eq. 7) and w is
-beta = sigma_p^2 (1 - e^{-2h}), beta_tilde = c^2, or Analytic-DPM's optimal variance
-(Bao et al. 2022, theorem 1, in (alpha, sigma) form)
+beta = sigma_p^2 (1 - e^{-2h}), beta_tilde = c^2, the model's learned interpolation
+exp(f log beta + (1 - f) log beta_tilde) (Nichol & Dhariwal 2021, eq. 15; per element, for
+any pair of grid times), or Analytic-DPM's optimal variance (Bao et al. 2022, theorem 1, in
+(alpha, sigma) form)
 
     w* = v + (sigma_q e^h - sqrt(sigma_q^2 - v))^2 (1 - Gamma_p),
     Gamma_p = E ||eps_hat(x_p)||^2 / d.
@@ -44,10 +46,12 @@ from rediff.samplers.analytic import GammaTable
 
 
 class Variance(str, Enum):
-    """DDPM's reverse variance: beta (upper bound), beta_tilde (lower bound), or Analytic-DPM."""
+    """DDPM's reverse variance: beta (upper bound), beta_tilde (lower bound), the model's
+    learned interpolation between them, or Analytic-DPM."""
 
     BETA = "beta"
     BETA_TILDE = "beta_tilde"
+    LEARNED = "learned"
     ANALYTIC = "analytic"
 
     @classmethod
@@ -67,13 +71,28 @@ def optimal_variance(p: Point, q: Point, v: float, gamma: float) -> float:
     return v + gap**2 * (1.0 - min(max(gamma, 0.0), 1.0))
 
 
+def learned_variance(p: Point, q: Point, fraction: Tensor) -> Tensor:
+    """exp(f log beta + (1 - f) log beta_tilde) for the step p -> q (into q != data), per
+    element of the model's fraction f (Nichol & Dhariwal 2021, eq. 15); 0 into data."""
+    if q.is_data:
+        return torch.zeros_like(fraction)
+    log_beta, log_beta_tilde = (
+        math.log(transition_variance(p, q)),
+        math.log(posterior_variance(p, q)),
+    )
+    return torch.exp(fraction * log_beta + (1.0 - fraction) * log_beta_tilde)
+
+
 def _family_step(
-    x: Tensor, x0: Tensor, p: Point, q: Point, v: float, w: float, generator
+    x: Tensor, x0: Tensor, p: Point, q: Point, v: float, w: float | Tensor, generator
 ) -> Tensor:
-    """x_q = alpha_q x0 + sqrt(sigma_q^2 - v) eps_hat + sqrt(w) z (no noise into t = 0)."""
+    """x_q = alpha_q x0 + sqrt(sigma_q^2 - v) eps_hat + sqrt(w) z (no noise into t = 0); w is
+    a number or a tensor of per-element variances."""
     if q.is_data:
         return x0
     mean = q.alpha * x0 + math.sqrt(max(q.sigma**2 - v, 0.0)) * eps_from_x0(x, x0, p)
+    if isinstance(w, Tensor):
+        return mean + w.sqrt().to(mean.dtype) * noise_like(x, generator)
     return mean + math.sqrt(w) * noise_like(x, generator) if w > 0 else mean
 
 
@@ -121,19 +140,24 @@ def ddpm(
     gamma: GammaTable | None = None,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, algorithm 2) on any grid: the posterior mean
-    plus noise of variance ``beta``, ``beta_tilde`` or ``analytic`` (needs ``gamma``)."""
+    plus noise of variance ``beta``, ``beta_tilde``, ``learned`` (a model built with
+    learned_variance) or ``analytic`` (needs ``gamma``)."""
     variance = Variance.parse(variance)
     grid, x_in = points(denoiser, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
-        x0 = denoiser(x, p.t)
         v = posterior_variance(p, q)
-        if variance is Variance.BETA:
-            w = transition_variance(p, q)
-        elif variance is Variance.BETA_TILDE:
-            w = v
+        if variance is Variance.LEARNED:
+            x0, fraction = denoiser.with_variance(x, p.t)
+            w = learned_variance(p, q, fraction)
         else:
-            w = optimal_variance(p, q, v, _gamma_at(gamma, p))
+            x0 = denoiser(x, p.t)
+            if variance is Variance.BETA:
+                w = transition_variance(p, q)
+            elif variance is Variance.BETA_TILDE:
+                w = v
+            else:
+                w = optimal_variance(p, q, v, _gamma_at(gamma, p))
         x = _family_step(x, x0, p, q, v, w, generator)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)

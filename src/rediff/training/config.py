@@ -77,6 +77,7 @@ class ModelConfig:
     depth: int = 4  # mlp
     num_classes: int = 0  # 0: unconditional
     dropout: float = 0.0  # unet_*
+    learned_variance: bool = False  # the net also outputs DDPM's reverse variance (hybrid loss)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class LossConfig:
     weighting: str = "simple"
     time_sampler: str = "uniform"
     vlb_weight: float = 1e-3  # hybrid: denoising + vlb_weight * vlb
-    variance: str = "beta"  # vlb / hybrid: the fixed reverse variance, beta | beta_tilde
+    variance: str = "beta"  # vlb / hybrid: reverse variance, beta | beta_tilde | learned
     probes: int = 1  # sliced_sm
     probe: str = "rademacher"  # sliced_sm: rademacher | gaussian
 
@@ -123,6 +124,12 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def sampler_options(self, sampler: str) -> dict[str, Any]:
+        """Options this run implies for a sampler: DDPM samples with the model's learned
+        variance when it has one."""
+        learned = sampler == "ddpm" and self.model.learned_variance
+        return {"variance": "learned"} if learned else {}
 
 
 def _check_value(where: str, value: Any, kind: type) -> Any:

@@ -44,18 +44,16 @@ LEVELS = {"digits": 17}
 def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel:
     """The DiffusionModel a config describes, for data of shape [*dim_or_shape]."""
     m = config.model
-    classes = m.num_classes or None
+    common = dict(
+        time_scale=m.time_scale,
+        num_classes=m.num_classes or None,
+        outputs=2 if m.learned_variance else 1,
+    )
     if m.net == "mlp":
-        net = MLP(
-            math.prod(dim_or_shape),
-            m.width,
-            m.depth,
-            time_scale=m.time_scale,
-            num_classes=classes,
-        )
+        net = MLP(math.prod(dim_or_shape), m.width, m.depth, **common)
     elif m.net in ("unet_digits", "unet_cifar10"):
         preset = UNet.digits if m.net == "unet_digits" else UNet.cifar10
-        net = preset(time_scale=m.time_scale, num_classes=classes, dropout=m.dropout)
+        net = preset(dropout=m.dropout, **common)
         expected = (net.channels, net.resolution, net.resolution)
         if tuple(dim_or_shape) != expected:
             raise ValueError(
@@ -66,7 +64,9 @@ def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel
         raise ValueError(
             f"unknown model.net {m.net!r}; valid: 'mlp', 'unet_digits', 'unet_cifar10'"
         )
-    return DiffusionModel(net, config.schedule.build(), m.target, m.time_input, m.sigma_data)
+    return DiffusionModel(
+        net, config.schedule.build(), m.target, m.time_input, m.sigma_data, m.learned_variance
+    )
 
 
 def build_objective(config: Config) -> losses.Objective:
@@ -198,7 +198,14 @@ def _training_view(model: DiffusionModel, config: Config, world: World) -> Diffu
         net = torch.nn.parallel.DistributedDataParallel(net)
     if net is model.net:
         return model
-    return DiffusionModel(net, model.schedule, model.target, model.time_input, model.sigma_data)
+    return DiffusionModel(
+        net,
+        model.schedule,
+        model.target,
+        model.time_input,
+        model.sigma_data,
+        model.learned_variance,
+    )
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
@@ -305,6 +312,7 @@ def _sample_grid(ema_model: DiffusionModel, config: Config, shape, run: Path, st
         generator=torch.Generator().manual_seed(config.seed),
         device=device,
         progress=False,
+        **config.sampler_options(config.sample.sampler),
     )
     (run / "samples").mkdir(exist_ok=True)
     path = run / "samples" / f"step_{step:07d}.png"
@@ -343,6 +351,7 @@ def train(
         )
     torch.manual_seed(config.seed)
     model = build_model(config, tuple(x.shape[1:])).to(device)
+    objective.check_model(model)
     ema = EMA(model, t.ema_half_life)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
