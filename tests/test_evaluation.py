@@ -74,3 +74,25 @@ def test_rediff_eval_reports_a_2d_run(tmp_path, capsys):
     assert report in capsys.readouterr().out
     scores = evaluation.evaluate_run(tmp_path / "run", n=500, steps=5)
     assert all(s.value > s.floor for s in scores)  # five steps of training are not enough
+
+
+def test_rediff_eval_of_a_class_conditional_digits_run(tmp_path):
+    overrides = [
+        "data.kind='digits'",
+        "model.num_classes=10",
+        "model.width=32",
+        "model.depth=1",
+        "train.steps=3",
+        "train.batch_size=16",
+    ]
+    train(load_config(None, overrides), tmp_path / "run", progress=False)
+    scores = evaluation.evaluate_run(tmp_path / "run", steps=3, n=40)
+    names = [s.name for s in scores]
+    assert names == [
+        "Frechet distance (digits features)",
+        "classifier accuracy (class-conditional)",
+    ]
+    fd, accuracy = scores
+    assert fd.value > fd.floor  # three steps of training
+    assert 0 <= accuracy.value <= 1 and accuracy.floor > 0.97
+    assert "classifier accuracy" in (tmp_path / "run" / "eval.md").read_text()
