@@ -9,7 +9,7 @@ import torch
 from conftest import SCHEDULES, gaussian_data
 
 from rediff import data, divergence
-from rediff.likelihood import log_likelihood
+from rediff.likelihood import Solver, decode, dequantized_nll, encode, log_likelihood
 
 
 def _transport_error(mix, schedule, x, result):
@@ -27,7 +27,7 @@ def test_gaussian_likelihood_matches_closed_form(name):
     schedule = SCHEDULES[name]()
     mix = gaussian_data()
     x = mix.sample(16, generator=torch.Generator().manual_seed(0)).double()
-    result = log_likelihood(mix.denoiser(schedule), x, rtol=1e-7, atol=1e-7)
+    result = log_likelihood(mix.denoiser(schedule), x, solver=Solver(1e-7, 1e-7))
     assert _transport_error(mix, schedule, x, result) < 1e-4
     assert result.nll.shape == (16,) and result.latent.shape == x.shape and result.nfe > 0
 
@@ -36,7 +36,7 @@ def test_mixture_likelihood_within_a_hundredth_of_a_nat_per_dimension():
     schedule = SCHEDULES["vp"]()
     mix = data.eight_gaussians_mixture()
     x = mix.sample(32, generator=torch.Generator().manual_seed(1)).double()
-    result = log_likelihood(mix.denoiser(schedule), x, rtol=1e-5, atol=1e-5)
+    result = log_likelihood(mix.denoiser(schedule), x, solver=Solver(1e-5, 1e-5))
     assert _transport_error(mix, schedule, x, result) < 0.01
 
 
@@ -58,3 +58,67 @@ def test_non_finite_input_is_refused():
     den = gaussian_data().denoiser(SCHEDULES["vp"]())
     with pytest.raises(ValueError, match="NaN"):
         log_likelihood(den, torch.tensor([[float("nan"), 0.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="rtol"):
+        Solver(rtol=0.0)
+    with pytest.raises(ValueError, match="divergence"):
+        log_likelihood(den, torch.zeros(1, 2), trace="approximate")
+
+
+@pytest.mark.parametrize("name", ["vp", "edm", "ddpm-cosine"])
+def test_encode_then_decode_returns_the_input(name):
+    schedule = SCHEDULES[name]()
+    mix = data.eight_gaussians_mixture()
+    den = mix.denoiser(schedule)
+    x = mix.sample(64, generator=torch.Generator().manual_seed(4)).double()
+    solver = Solver(1e-7, 1e-7)
+    latent = encode(den, x, solver)
+    # two adaptive solves (with and without the divergence state) agree to the solver's
+    # tolerance, which bounds errors relative to the state's norm
+    gap = (latent - log_likelihood(den, x, solver=solver).latent).abs().max()
+    assert gap < 1e-5 * latent.abs().max()
+    assert float((decode(den, latent, solver) - x).abs().max()) < 1e-4
+    # the latent is (nearly) the prior: standardised, its moments are those of N(0, I)
+    z = latent / schedule.prior_std
+    assert abs(float(z.mean())) < 0.3 and abs(float(z.std()) - 1) < 0.3
+
+
+def test_fixed_step_solver_converges_to_the_adaptive_answer():
+    schedule = SCHEDULES["vp"]()
+    mix = gaussian_data()
+    x = mix.sample(8, generator=torch.Generator().manual_seed(5)).double()
+    den = mix.denoiser(schedule)
+    adaptive = log_likelihood(den, x, solver=Solver(1e-8, 1e-8)).nll
+    errors = [
+        float(
+            (log_likelihood(den, x, solver=Solver(method="rk4", steps=n)).nll - adaptive)
+            .abs()
+            .max()
+        )
+        for n in (8, 16)
+    ]
+    assert errors[1] < errors[0] / 8  # fourth order: 16x smaller in theory
+
+
+def test_dequantised_bits_per_dim_bound_the_discrete_likelihood():
+    """For data on a coarse grid, the dequantised bound is at least the exact discrete
+    negative log-likelihood, computed by integrating the exact density over each bin."""
+    schedule = SCHEDULES["vp"]()
+    mix = data.GaussianMixture(
+        torch.zeros(1, 1, dtype=torch.float64), 0.09 * torch.ones(1, 1, 1, dtype=torch.float64)
+    )
+    levels = 9
+    grid = torch.linspace(-1, 1, levels, dtype=torch.float64)
+    x = grid[torch.tensor([2, 4, 5, 6])][:, None]
+    den = mix.denoiser(schedule)
+    gen = torch.Generator().manual_seed(6)
+    draws = 2000  # the bound is an expectation over u: average many draws
+    nll = dequantized_nll(den, x.repeat(draws, 1), levels, generator=gen).nll.reshape(draws, -1)
+    bound, se = nll.mean(0), nll.std(0) / math.sqrt(draws)
+    width = 2 / (levels - 1)
+    fine = torch.linspace(-0.5, 0.5, 4001, dtype=torch.float64)[1:-1]
+    for i, value in enumerate(x[:, 0]):
+        log_density = mix.noised_log_prob((value + width * fine)[:, None], schedule.t_min, schedule)
+        exact = -math.log(float(log_density.exp().mean()) * width)  # -log P(bin)
+        jensen = float(-log_density.mean()) - math.log(width)  # E_u[-log p] - log w
+        assert jensen >= exact
+        assert abs(float(bound[i]) - jensen) < 4 * float(se[i]) + 1e-3

@@ -6,7 +6,8 @@ den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
 model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
 """
 
-from rediff import data, grids, metrics, parametrization, samplers, schedules
+from rediff import data, grids, metrics, parametrization, samplers, schedules, vlb
+from rediff.likelihood import Solver, decode, dequantized_nll, encode, log_likelihood
 from rediff.model import Conditioned, Denoiser, DiffusionModel, TimeInput
 from rediff.parametrization import Prediction, Target, convert
 from rediff.sampling import Samples, sample
@@ -19,14 +20,20 @@ __all__ = [
     "DiffusionModel",
     "Prediction",
     "Samples",
+    "Solver",
     "Target",
     "TimeInput",
     "convert",
     "data",
+    "decode",
+    "dequantized_nll",
+    "encode",
     "grids",
+    "log_likelihood",
     "metrics",
     "parametrization",
     "sample",
     "samplers",
     "schedules",
+    "vlb",
 ]

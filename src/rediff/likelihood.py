@@ -62,6 +62,77 @@ class Likelihood:
         return self.nll / (self.dims * _LN2)
 
 
+@dataclass(frozen=True)
+class Solver:
+    """torchdiffeq's adaptive ``method`` with rtol/atol, or, with ``steps``, that many fixed
+    steps of ``method`` (e.g. 'rk4', 'euler') in log s."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    method: str = "dopri5"
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive("rtol", self.rtol)
+        check_positive("atol", self.atol)
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps}")
+
+    def solve(self, rhs, start, u_from: float, u_to: float):
+        """The state at u_to of d state/du = rhs(u, state) from ``start`` at u_from."""
+        from torchdiffeq import odeint  # heavy import, done lazily
+
+        device = start[0].device
+        span = torch.tensor([u_from, u_to], dtype=torch.float64, device=device)
+        options = (
+            {"rtol": self.rtol, "atol": self.atol, "method": self.method}
+            if self.steps is None
+            else {"method": self.method, "options": {"step_size": (u_to - u_from) / self.steps}}
+        )
+        return tuple(part[-1] for part in odeint(rhs, start, span, **options))
+
+
+class _Flow:
+    """The probability-flow ODE of a denoiser in (y = x / alpha, u = log s), with the time
+    range's coordinates and a count of right-hand-side evaluations."""
+
+    def __init__(self, denoiser: Denoiser, cond: dict) -> None:
+        self.denoiser, self.cond, self.nfe = denoiser, cond, 0
+        schedule = self.schedule = denoiser.schedule
+        self.t0, self.t1 = schedule.t_min, schedule.t_max
+        self.u0 = math.log(float(schedule.noise_level(self.t0)))
+        self.u1 = math.log(float(schedule.noise_level(self.t1)))
+        self.a0, self.a1 = float(schedule.alpha(self.t0)), float(schedule.alpha(self.t1))
+
+    def velocity(self, u: Tensor, y: Tensor) -> Tensor:
+        """dy/du = y - x0_hat(alpha y, t(u)), in float64."""
+        self.nfe += 1
+        s = math.exp(min(max(float(u), self.u0), self.u1))  # solvers may probe past the ends
+        t = float(self.schedule.t_from_noise_level(s))
+        alpha = float(self.schedule.alpha(t))
+        return y - self.denoiser(alpha * y, t, **self.cond).to(torch.float64)
+
+
+def _transport(denoiser: Denoiser, x: Tensor, to_latent: bool, solver: Solver, cond) -> Tensor:
+    check_finite("x" if to_latent else "latent", x)
+    flow = _Flow(denoiser, cond)
+    a_from, a_to = (flow.a0, flow.a1) if to_latent else (flow.a1, flow.a0)
+    u_from, u_to = (flow.u0, flow.u1) if to_latent else (flow.u1, flow.u0)
+    start = (x.to(torch.float64) / a_from,)
+    (y,) = solver.solve(lambda u, state: (flow.velocity(u, state[0]),), start, u_from, u_to)
+    return (a_to * y).to(x.dtype)
+
+
+def encode(denoiser: Denoiser, x: Tensor, solver: Solver = Solver(), **cond) -> Tensor:
+    """The ODE encoding of data x (taken at t_min) into the latent x_{t_max}, deterministic."""
+    return _transport(denoiser, x, True, solver, cond)
+
+
+def decode(denoiser: Denoiser, latent: Tensor, solver: Solver = Solver(), **cond) -> Tensor:
+    """The ODE decoding of a latent x_{t_max} into data (at t_min): the inverse of ``encode``."""
+    return _transport(denoiser, latent, False, solver, cond)
+
+
 def log_likelihood(
     denoiser: Denoiser,
     x: Tensor,
@@ -69,10 +140,7 @@ def log_likelihood(
     trace: Trace | str = Trace.EXACT,
     probes: int = 1,
     probe: divergence.Probe | str = divergence.Probe.RADEMACHER,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "dopri5",
-    steps: int | None = None,
+    solver: Solver = Solver(),
     generator: torch.Generator | None = None,
     **cond,
 ) -> Likelihood:
@@ -81,38 +149,19 @@ def log_likelihood(
     Args:
         trace: ``exact`` (small d) or ``hutchinson`` with ``probes`` probes of kind ``probe``
             (drawn from ``generator`` once, kept along the path: an unbiased estimate).
-        rtol, atol, method: torchdiffeq's adaptive solver (default dopri5); ``steps`` instead
-            runs ``method`` (e.g. 'rk4', 'euler') with that many fixed steps in log s.
+        solver: see ``Solver`` (adaptive dopri5 at rtol = atol = 1e-5 by default).
         cond: conditioning passed to the denoiser.
     """
-    from torchdiffeq import odeint  # heavy import, done lazily
-
     check_finite("x", x)
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
     trace = Trace.parse(trace)
-    schedule = denoiser.schedule
-    t0, t1 = schedule.t_min, schedule.t_max
-    s0, s1 = float(schedule.noise_level(t0)), float(schedule.noise_level(t1))
-    a0, a1 = float(schedule.alpha(t0)), float(schedule.alpha(t1))
-    u0, u1 = math.log(s0), math.log(s1)
+    flow = _Flow(denoiser, cond)
     x64 = x.to(torch.float64)
-    d, batch = x[0].numel(), x.shape[0]
-    v = None
-    if trace is Trace.HUTCHINSON:
-        v = divergence.draw_probes(x64, probes, probe, generator)
-    nfe = 0
+    v = None if trace is Trace.EXACT else divergence.draw_probes(x64, probes, probe, generator)
 
     def rhs(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        nonlocal nfe
-        nfe += 1
-        s = math.exp(min(max(float(u), u0), u1))  # solvers may probe past the ends
-        t = float(schedule.t_from_noise_level(s))
-        alpha = float(schedule.alpha(t))
         with torch.enable_grad():
             y = state[0].detach().requires_grad_(True)
-            x0_hat = denoiser(alpha * y, t, **cond).to(torch.float64)
-            velocity = y - x0_hat
+            velocity = flow.velocity(u, y)
             div = (
                 divergence.exact(velocity, y)
                 if v is None
@@ -120,20 +169,42 @@ def log_likelihood(
             )
         return velocity.detach(), div.detach()
 
-    span = torch.tensor([u0, u1], dtype=torch.float64, device=x.device)
-    solver = (
-        {"rtol": rtol, "atol": atol, "method": method}
-        if steps is None
-        else {"method": method, "options": {"step_size": float(span[1] - span[0]) / steps}}
-    )
-    start = (x64 / a0, torch.zeros(batch, dtype=torch.float64, device=x.device))
-    y, integral = odeint(rhs, start, span, **solver)
-    latent = a1 * y[-1]
-    prior = schedule.prior_log_prob(latent)
-    log_p = prior + d * math.log(a1) - d * math.log(a0) + integral[-1]
+    start = (x64 / flow.a0, torch.zeros(x.shape[0], dtype=torch.float64, device=x.device))
+    y, integral = solver.solve(rhs, start, flow.u0, flow.u1)
+    latent = flow.a1 * y
+    prior = denoiser.schedule.prior_log_prob(latent)
+    d = x[0].numel()
+    log_p = prior + d * math.log(flow.a1) - d * math.log(flow.a0) + integral
     if not bool(torch.isfinite(log_p).all()):
         raise FloatingPointError(
             "the likelihood ODE returned a non-finite value; tighten rtol/atol or check the "
             "model and the data range"
         )
-    return Likelihood(-log_p, prior, latent, nfe, d)
+    return Likelihood(-log_p, prior, latent, flow.nfe, d)
+
+
+def dequantized_nll(
+    denoiser: Denoiser,
+    x: Tensor,
+    levels: int,
+    *,
+    generator: torch.Generator | None = None,
+    **options,
+) -> Likelihood:
+    """An upper bound on the discrete data's negative log-likelihood, in nats and bits/dim
+    comparable with the papers: data on ``levels`` grey levels in [-1, 1] (bin width
+    w = 2 / (levels - 1)) are dequantised uniformly, x + w (u - 1/2), and
+
+        -log P(x) <= E_u[-log p(x + w (u - 1/2))] - d log w
+
+    (Theis et al. 2016; Ho et al. 2019), i.e. the density of the pixel values p = (x + 1)/w
+    in units where a level has width 1. ``options`` go to ``log_likelihood``."""
+    if levels < 2:
+        raise ValueError(f"levels must be at least 2, got {levels}")
+    width = 2.0 / (levels - 1)
+    u = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x.device)
+    result = log_likelihood(
+        denoiser, x.to(torch.float64) + width * (u - 0.5), generator=generator, **options
+    )
+    d = x[0].numel()
+    return Likelihood(result.nll - d * math.log(width), result.prior, result.latent, result.nfe, d)
