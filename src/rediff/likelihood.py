@@ -94,10 +94,11 @@ class Solver:
 
 class _Flow:
     """The probability-flow ODE of a denoiser in (y = x / alpha, u = log s), with the time
-    range's coordinates and a count of right-hand-side evaluations."""
+    range's coordinates and a count of right-hand-side evaluations. The state is float64;
+    the denoiser sees the caller's dtype (a float32 network stays float32)."""
 
-    def __init__(self, denoiser: Denoiser, cond: dict) -> None:
-        self.denoiser, self.cond, self.nfe = denoiser, cond, 0
+    def __init__(self, denoiser: Denoiser, cond: dict, dtype: torch.dtype) -> None:
+        self.denoiser, self.cond, self.nfe, self.dtype = denoiser, cond, 0, dtype
         schedule = self.schedule = denoiser.schedule
         self.t0, self.t1 = schedule.t_min, schedule.t_max
         self.u0 = math.log(float(schedule.noise_level(self.t0)))
@@ -110,12 +111,13 @@ class _Flow:
         s = math.exp(min(max(float(u), self.u0), self.u1))  # solvers may probe past the ends
         t = float(self.schedule.t_from_noise_level(s))
         alpha = float(self.schedule.alpha(t))
-        return y - self.denoiser(alpha * y, t, **self.cond).to(torch.float64)
+        x0_hat = self.denoiser((alpha * y).to(self.dtype), t, **self.cond)
+        return y - x0_hat.to(torch.float64)
 
 
 def _transport(denoiser: Denoiser, x: Tensor, to_latent: bool, solver: Solver, cond) -> Tensor:
     check_finite("x" if to_latent else "latent", x)
-    flow = _Flow(denoiser, cond)
+    flow = _Flow(denoiser, cond, x.dtype)
     a_from, a_to = (flow.a0, flow.a1) if to_latent else (flow.a1, flow.a0)
     u_from, u_to = (flow.u0, flow.u1) if to_latent else (flow.u1, flow.u0)
     start = (x.to(torch.float64) / a_from,)
@@ -154,7 +156,7 @@ def log_likelihood(
     """
     check_finite("x", x)
     trace = Trace.parse(trace)
-    flow = _Flow(denoiser, cond)
+    flow = _Flow(denoiser, cond, x.dtype)
     x64 = x.to(torch.float64)
     v = None if trace is Trace.EXACT else divergence.draw_probes(x64, probes, probe, generator)
 
@@ -203,8 +205,7 @@ def dequantized_nll(
         raise ValueError(f"levels must be at least 2, got {levels}")
     width = 2.0 / (levels - 1)
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x.device)
-    result = log_likelihood(
-        denoiser, x.to(torch.float64) + width * (u - 0.5), generator=generator, **options
-    )
+    dequantized = (x.to(torch.float64) + width * (u - 0.5)).to(x.dtype)
+    result = log_likelihood(denoiser, dequantized, generator=generator, **options)
     d = x[0].numel()
     return Likelihood(result.nll - d * math.log(width), result.prior, result.latent, result.nfe, d)
