@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import SCHEDULES, gaussian_data
 
+import rediff
 from rediff import data, divergence
 from rediff.likelihood import Solver, decode, dequantized_nll, encode, log_likelihood
 
@@ -122,3 +123,59 @@ def test_dequantised_bits_per_dim_bound_the_discrete_likelihood():
         jensen = float(-log_density.mean()) - math.log(width)  # E_u[-log p] - log w
         assert jensen >= exact
         assert abs(float(bound[i]) - jensen) < 4 * float(se[i]) + 1e-3
+
+
+def test_eight_dimensional_mixture_likelihood():
+    gen = torch.Generator().manual_seed(7)
+    means = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    scales = 0.2 + 0.3 * torch.rand(4, 8, generator=gen, dtype=torch.float64)
+    mix = data.GaussianMixture(
+        means, torch.diag_embed(scales**2), torch.tensor([0.1, 0.2, 0.3, 0.4])
+    )
+    schedule = SCHEDULES["vp"]()
+    x = mix.sample(16, generator=gen).double()
+    result = log_likelihood(mix.denoiser(schedule), x, solver=Solver(1e-5, 1e-5))
+    assert _transport_error(mix, schedule, x, result) < 0.01
+
+
+def test_discrete_bound_is_above_the_exact_discrete_nll_of_a_mixture():
+    """The VLB of the exact denoiser bounds -log P(bin) of data on 17 levels, with P(bin) the
+    mixture's probability of the bin (quadrature over the bin)."""
+    from rediff import schedules, vlb
+
+    mix = data.GaussianMixture(
+        torch.tensor([[-0.4, 0.3], [0.5, -0.2]], dtype=torch.float64),
+        torch.tensor(
+            [[[0.04, 0.01], [0.01, 0.02]], [[0.03, 0.0], [0.0, 0.05]]], dtype=torch.float64
+        ),
+        torch.tensor([0.4, 0.6], dtype=torch.float64),
+    )
+    schedule = schedules.DiscreteVP.linear(200, 1e-4, 0.1)
+    levels, width = 17, 2 / 16
+    gen = torch.Generator().manual_seed(8)
+    x = torch.round(mix.sample(64, generator=gen).double().clamp(-1, 1) / width) * width
+    draws = 16  # each term is one draw of x_k: the bound holds for their expectation
+    totals = vlb.vlb(mix.denoiser(schedule), x.repeat(draws, 1), levels=levels, generator=gen)
+    totals = totals.total.reshape(draws, -1)
+    bound, se = totals.mean(0), totals.std(0) / math.sqrt(draws)
+    offsets = (torch.linspace(-0.5, 0.5, 41, dtype=torch.float64)[1:-1]) * width
+    grid = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)
+    exact = torch.stack(
+        [-torch.log(mix.log_prob(point + grid).exp().mean() * width**2) for point in x]
+    )
+    assert torch.all(bound >= exact - 4 * se), float((exact - bound).max())
+
+
+def test_non_finite_solver_result_is_an_error():
+    class Broken(rediff.Denoiser):
+        schedule = SCHEDULES["vp"]()
+
+        def __call__(self, x_t, t, **cond):
+            return x_t * float("inf")
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        log_likelihood(
+            Broken(), torch.zeros(2, 2, dtype=torch.float64), solver=Solver(steps=2, method="euler")
+        )
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        dequantized_nll(gaussian_data().denoiser(SCHEDULES["vp"]()), torch.full((2, 2), 3.0), 256)
