@@ -119,3 +119,22 @@ def test_rediff_nll_on_continuous_and_discrete_runs(tmp_path, capsys):
     assert bound.mean > 4.09 and ode.mean > 4.09
     assert "| vlb | bits/dim |" in (digits / "nll_vlb.md").read_text()
     assert "| ode | nats/dim |" in capsys.readouterr().out
+
+
+def test_rediff_nll_on_user_data_checks_its_shape(tmp_path):
+    import numpy as np
+
+    run = tmp_path / "toy"
+    train(
+        load_config(None, ["data.n=400", "model.width=16", "model.depth=1", "train.steps=3"]),
+        run,
+        progress=False,
+    )
+    np.save(
+        tmp_path / "points.npy", np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    )
+    row = evaluation.run_nll(run, "ode", data_path=tmp_path / "points.npy", rtol=1e-3)
+    assert row.n == 20 and "points.npy" in (run / "nll_ode.md").read_text()
+    np.save(tmp_path / "wrong.npy", np.zeros((20, 1, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shape \[1, 8, 8\], but the run's model takes \[2\]"):
+        evaluation.run_nll(run, "ode", data_path=tmp_path / "wrong.npy")

@@ -238,6 +238,7 @@ def run_nll(
     method: str = "ode",
     *,
     split: str = "held_out",
+    data_path: str | Path | None = None,
     n: int | None = None,
     probes: int | None = None,
     vlb_steps: int | None = 50,
@@ -247,13 +248,26 @@ def run_nll(
     """Negative log-likelihood of a run's data (``rediff nll``): for digits and images bits
     per dimension of the 8-bit-style levels (ODE with uniform dequantisation, or the discrete
     VLB), for continuous data nats per dimension (ODE). ``probes`` = 0 takes the exact
-    divergence (default for d <= 16; otherwise one Hutchinson probe). Writes ``nll_<method>.md``."""
+    divergence (default for d <= 16; otherwise one Hutchinson probe). ``data_path`` scores
+    other data (an image folder or a .npy/.npz) of the run's shape. Writes
+    ``nll_<method>.md``."""
     from rediff import likelihood, vlb
     from rediff.training import load_data, load_run
     from rediff.training.loop import LEVELS
 
     config, model = load_run(run_dir)
-    x = data.digits_split(split)[0] if config.data.kind == "digits" else load_data(config)[0]
+    if data_path is not None:
+        x, data_name = _user_data(Path(data_path), config), str(data_path)
+        expected = tuple(load_data(config)[0].shape[1:])
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"{data_path} holds data of shape {list(x.shape[1:])}, but the run's model "
+                f"takes {list(expected)}; resize the images or pick the matching run"
+            )
+    elif config.data.kind == "digits":
+        x, data_name = data.digits_split(split)[0], f"{split} digits"
+    else:
+        x, data_name = load_data(config)[0], "training"
     x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: n or 512]]
     discrete = config.data.kind in ("digits", "images")
     levels, gen = LEVELS.get(config.data.kind, 256), torch.Generator().manual_seed(seed)
@@ -279,8 +293,16 @@ def run_nll(
                 row = _row("ode", "nats/dim", out.nll / d, out.nfe)
     else:
         raise ValueError(f"unknown method {method!r}; valid: 'ode', 'vlb'")
-    _write_nll_report(Path(run_dir), row, split if config.data.kind == "digits" else "training")
+    _write_nll_report(Path(run_dir), row, data_name)
     return row
+
+
+def _user_data(path: Path, config) -> Tensor:
+    """Data the user points ``rediff nll --data`` at: an image folder (resized like the run's
+    data) or a .npy/.npz array."""
+    if path.is_dir():
+        return data.load_image_folder(path, config.data.image_size, config.data.channels)[0]
+    return data.load_array(path)[0]
 
 
 def _write_nll_report(run: Path, row: NLLRow, data_name: str) -> None:
@@ -288,7 +310,7 @@ def _write_nll_report(run: Path, row: NLLRow, data_name: str) -> None:
         [
             f"# Negative log-likelihood of {run.name}",
             "",
-            f"{row.n} {data_name} samples; mean and standard error over the samples.",
+            f"{row.n} samples ({data_name}); mean and standard error over the samples.",
             "",
             "| method | unit | mean | standard error | NFE |",
             "|---|---|---|---|---|",

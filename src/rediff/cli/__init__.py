@@ -5,7 +5,7 @@ rediff train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume
 rediff sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE.png] [--seed S]
                       [--class K]
 rediff eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S]
-rediff nll RUN_DIR [--method ode|vlb] [--split held_out|train] [--n N] [--probes N]
+rediff nll RUN_DIR [--method ode|vlb] [--split held_out|train] [--data PATH] [--n N] [--probes N]
                    [--vlb-steps N] [--rtol R] [--seed S]
 """
 
@@ -97,6 +97,7 @@ def _nll(args: argparse.Namespace) -> int:
         args.run_dir,
         args.method,
         split=args.split,
+        data_path=args.data,
         n=args.n,
         probes=args.probes,
         vlb_steps=args.vlb_steps,
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="held_out",
         help="digits: which split (other data: the training data)",
     )
+    nll.add_argument("--data", help="other data: an image folder or a .npy/.npz file")
     nll.add_argument("--n", type=int, help="number of data points (default 512, or all)")
     nll.add_argument(
         "--probes", type=int, help="Hutchinson probes; 0 = exact divergence (default for d <= 16)"
