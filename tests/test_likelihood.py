@@ -141,7 +141,7 @@ def test_eight_dimensional_mixture_likelihood():
 def test_discrete_bound_is_above_the_exact_discrete_nll_of_a_mixture():
     """The VLB of the exact denoiser bounds -log P(bin) of data on 17 levels, with P(bin) the
     mixture's probability of the bin (quadrature over the bin)."""
-    from rediff import schedules, vlb
+    from rediff import schedules, variational
 
     mix = data.GaussianMixture(
         torch.tensor([[-0.4, 0.3], [0.5, -0.2]], dtype=torch.float64),
@@ -155,7 +155,9 @@ def test_discrete_bound_is_above_the_exact_discrete_nll_of_a_mixture():
     gen = torch.Generator().manual_seed(8)
     x = torch.round(mix.sample(64, generator=gen).double().clamp(-1, 1) / width) * width
     draws = 16  # each term is one draw of x_k: the bound holds for their expectation
-    totals = vlb.vlb(mix.denoiser(schedule), x.repeat(draws, 1), levels=levels, generator=gen)
+    totals = variational.vlb(
+        mix.denoiser(schedule), x.repeat(draws, 1), levels=levels, generator=gen
+    )
     totals = totals.total.reshape(draws, -1)
     bound, se = totals.mean(0), totals.std(0) / math.sqrt(draws)
     offsets = (torch.linspace(-0.5, 0.5, 41, dtype=torch.float64)[1:-1]) * width

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from rediff import losses, schedules, vlb
+from rediff import losses, schedules
+from rediff import variational as vlb
 from rediff.data import GaussianMixture
 from rediff.model import Denoiser, DiffusionModel
 

@@ -6,11 +6,12 @@ den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
 model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
 """
 
-from rediff import data, grids, metrics, parametrization, samplers, schedules, vlb
+from rediff import data, grids, metrics, parametrization, samplers, schedules, variational
 from rediff.likelihood import Solver, decode, dequantized_nll, encode, log_likelihood
 from rediff.model import Conditioned, Denoiser, DiffusionModel, TimeInput
 from rediff.parametrization import Prediction, Target, convert
 from rediff.sampling import Samples, sample
+from rediff.variational import vlb
 
 __version__ = "0.1.0"
 
@@ -35,5 +36,6 @@ __all__ = [
     "sample",
     "samplers",
     "schedules",
+    "variational",
     "vlb",
 ]

@@ -251,7 +251,7 @@ def run_nll(
     divergence (default for d <= 16; otherwise one Hutchinson probe). ``data_path`` scores
     other data (an image folder or a .npy/.npz) of the run's shape. Writes
     ``nll_<method>.md``."""
-    from rediff import likelihood, vlb
+    from rediff import likelihood, variational
     from rediff.training import load_data, load_run
     from rediff.training.loop import LEVELS
 
@@ -275,7 +275,7 @@ def run_nll(
     if method == "vlb":
         if not discrete:
             raise ValueError("--method vlb needs discrete data (digits or images); use ode")
-        bound = vlb.vlb(model, x, levels=levels, num_steps=vlb_steps or None, generator=gen)
+        bound = variational.vlb(model, x, levels=levels, num_steps=vlb_steps or None, generator=gen)
         evaluations = (vlb_steps or model.schedule.num_steps - 1) + 1  # + the decoder's
         row = _row("vlb", "bits/dim", bound.bits_per_dim, evaluations)
     elif method == "ode":

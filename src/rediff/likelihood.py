@@ -25,7 +25,7 @@ from enum import Enum
 
 import torch
 
-from rediff import divergence, vlb
+from rediff import divergence, variational
 from rediff._choices import parse_choice
 from rediff._tensor import Tensor, check_finite
 from rediff.model import Denoiser
@@ -203,7 +203,7 @@ def dequantized_nll(
     in units where a level has width 1. ``options`` go to ``log_likelihood``."""
     if levels < 2:
         raise ValueError(f"levels must be at least 2, got {levels}")
-    vlb.check_data(x)  # grey levels live in [-1, 1]
+    variational.check_data(x)  # grey levels live in [-1, 1]
     width = 2.0 / (levels - 1)
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x.device)
     dequantized = (x.to(torch.float64) + width * (u - 0.5)).to(x.dtype)

@@ -28,7 +28,7 @@ from enum import Enum
 
 import torch
 
-from rediff import divergence, vlb
+from rediff import divergence, variational
 from rediff._choices import parse_choice
 from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
 from rediff.model import DiffusionModel
@@ -165,18 +165,18 @@ def vlb_loss(
     t: Tensor,
     noise: Tensor,
     *,
-    variance: vlb.ReverseVariance | str = vlb.ReverseVariance.BETA,
+    variance: variational.ReverseVariance | str = variational.ReverseVariance.BETA,
     levels: int = 256,
     detach_mean: bool = False,
     **cond,
 ) -> Tensor:
     """The discrete variational bound in bits per dimension, estimated from one step per
-    sample: L_T + T L_{k-1}, k = T t uniform on 1..T (``rediff.vlb``), batch mean. Its
-    expectation over k is the whole bound, so it trains what ``rediff.vlb.vlb`` reports.
+    sample: L_T + T L_{k-1}, k = T t uniform on 1..T (``rediff.variational``), batch mean. Its
+    expectation over k is the whole bound, so it trains what ``rediff.vlb`` reports.
     ``detach_mean`` lets only a learned variance learn from it (the hybrid loss)."""
-    schedule = vlb.discrete_schedule(model)
+    schedule = variational.discrete_schedule(model)
     k = torch.round(_checked_times(schedule, x0, t) * schedule.num_steps).long()
-    terms = vlb.step_terms(
+    terms = variational.step_terms(
         model, x0, k, noise, variance=variance, levels=levels, detach_mean=detach_mean, **cond
     )
     total = schedule.prior_kl(x0).to(terms.device) + schedule.num_steps * terms
@@ -243,7 +243,7 @@ class Objective:
     weighting: Weighting | str = Weighting.SIMPLE
     time_sampler: TimeSampler | str = TimeSampler.UNIFORM
     vlb_weight: float = 1e-3
-    variance: vlb.ReverseVariance | str = vlb.ReverseVariance.BETA
+    variance: variational.ReverseVariance | str = variational.ReverseVariance.BETA
     levels: int = 256
     probes: int = 1
     probe: divergence.Probe | str = divergence.Probe.RADEMACHER
@@ -252,14 +252,14 @@ class Objective:
         object.__setattr__(self, "kind", Loss.parse(self.kind))
         object.__setattr__(self, "weighting", Weighting.parse(self.weighting))
         object.__setattr__(self, "time_sampler", TimeSampler.parse(self.time_sampler))
-        object.__setattr__(self, "variance", vlb.ReverseVariance.parse(self.variance))
+        object.__setattr__(self, "variance", variational.ReverseVariance.parse(self.variance))
         object.__setattr__(self, "probe", divergence.Probe.parse(self.probe))
         if self.kind in (Loss.VLB, Loss.HYBRID) and self.time_sampler is not TimeSampler.STEPS:
             raise ValueError(
                 f"loss {self.kind.value!r} estimates a sum over DDPM's steps: set "
                 "time_sampler = 'steps'"
             )
-        if self.kind is Loss.HYBRID and self.variance is not vlb.ReverseVariance.LEARNED:
+        if self.kind is Loss.HYBRID and self.variance is not variational.ReverseVariance.LEARNED:
             raise ValueError(
                 "the hybrid loss trains a learned reverse variance with the bound: set "
                 "variance = 'learned' (and build the model with learned_variance)"
@@ -267,7 +267,7 @@ class Objective:
 
     def check_model(self, model: DiffusionModel) -> None:
         """Refuse a model this objective cannot train (before a run starts)."""
-        learned = self.variance is vlb.ReverseVariance.LEARNED
+        learned = self.variance is variational.ReverseVariance.LEARNED
         if learned and self.kind in (Loss.VLB, Loss.HYBRID) and not model.learned_variance:
             raise ValueError(
                 "variance = 'learned' needs a model built with learned_variance "
@@ -278,7 +278,7 @@ class Objective:
         """Refuse training data this objective cannot use (before a run starts)."""
         check_finite("training data", x)
         if self.kind in (Loss.VLB, Loss.HYBRID):
-            vlb.check_data(x)
+            variational.check_data(x)
 
     def draw(
         self, schedule: Schedule, x0: Tensor, generator: torch.Generator | None = None
