@@ -39,6 +39,8 @@ def test_mixture_likelihood_within_a_hundredth_of_a_nat_per_dimension():
     x = mix.sample(32, generator=torch.Generator().manual_seed(1)).double()
     result = log_likelihood(mix.denoiser(schedule), x, solver=Solver(1e-5, 1e-5))
     assert _transport_error(mix, schedule, x, result) < 0.01
+    # and against the data's own density, prior mismatch and t_min included
+    assert float((result.nll + mix.log_prob(x)).abs().max()) / result.dims < 0.01
 
 
 def test_hutchinson_divergence_is_unbiased():
@@ -136,6 +138,8 @@ def test_eight_dimensional_mixture_likelihood():
     x = mix.sample(16, generator=gen).double()
     result = log_likelihood(mix.denoiser(schedule), x, solver=Solver(1e-5, 1e-5))
     assert _transport_error(mix, schedule, x, result) < 0.01
+    # and against the data's own density, prior mismatch and t_min included
+    assert float((result.nll + mix.log_prob(x)).abs().max()) / result.dims < 0.01
 
 
 def test_discrete_bound_is_above_the_exact_discrete_nll_of_a_mixture():
