@@ -14,7 +14,7 @@ from enum import Enum
 import torch
 
 from rediff._choices import parse_choice
-from rediff._tensor import Tensor, sum_except_batch
+from rediff._tensor import Tensor, randn, sum_except_batch
 
 
 class Probe(str, Enum):
@@ -33,10 +33,8 @@ def draw_probes(x: Tensor, n: int, kind: Probe | str = Probe.RADEMACHER, generat
     kind = Probe.parse(kind)
     if n < 1:
         raise ValueError(f"the number of probes must be >= 1, got {n}")
-    v = torch.randn((n, *x.shape), generator=generator, dtype=x.dtype)
-    if kind is Probe.RADEMACHER:
-        v = torch.sign(v)  # a fair sign from a symmetric draw; P(v = 0) = 0
-    return v.to(x.device)
+    v = randn((n, *x.shape), generator, x.dtype, x.device)
+    return torch.sign(v) if kind is Probe.RADEMACHER else v  # a fair sign; P(v = 0) = 0
 
 
 def exact(f: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:

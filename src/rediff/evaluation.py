@@ -113,23 +113,34 @@ def default_n(config, x: Tensor) -> int:
 def draw(
     model, config, shape: tuple[int, ...], n: int, sampler: str, steps: int, generator
 ) -> tuple[Tensor, Tensor | None, int]:
-    """n samples of shape [*shape] from a trained run, with class-balanced labels 0, 1, ...
-    for a conditional model: (samples, labels or None, number of evaluations)."""
+    """n samples of shape [*shape] from a trained run's model (on its device), with
+    class-balanced labels 0, 1, ... for a conditional model: (samples, labels or None,
+    number of evaluations)."""
+    device = next(model.parameters()).device
     den, labels = model, None
     if config.model.num_classes:
-        labels = torch.arange(n) % config.model.num_classes
+        labels = torch.arange(n, device=device) % config.model.num_classes
         den = Conditioned(model, labels=labels)
-    options = config.sampler_options(sampler)
     out = sample(
         den,
         (n, *shape),
         sampler=sampler,
         steps=steps,
         generator=generator,
+        device=device,
         progress=False,
-        **options,
+        **config.sampler_options(sampler),
     )
     return out.x, labels, out.nfe
+
+
+def check_scorable(config, x: Tensor) -> None:
+    """Refuse data ``score`` has no measure for (before anything is sampled)."""
+    if config.data.kind != "digits" and x.ndim != 2:
+        raise ValueError(
+            f"rediff eval scores digits and low-dimensional data; this run's data are "
+            f"{list(x.shape[1:])} ({config.data.kind}). Use rediff sample to look at samples"
+        )
 
 
 def score(config, x: Tensor, samples: Tensor, labels: Tensor | None, seed: int = 0) -> list[Score]:
@@ -155,11 +166,7 @@ def score(config, x: Tensor, samples: Tensor, labels: Tensor | None, seed: int =
                 )
             )
         return scores
-    if x.ndim != 2:
-        raise ValueError(
-            f"rediff eval scores digits and low-dimensional data; this run's data are "
-            f"{list(x.shape[1:])} ({config.data.kind}). Use rediff sample to look at samples"
-        )
+    check_scorable(config, x)
     n = samples.shape[0]
     if 2 * n > x.shape[0]:
         raise ValueError(
@@ -189,8 +196,7 @@ def evaluate_run(
 
     config, model = load_run(run_dir)
     x, _ = load_data(config)
-    if config.data.kind != "digits" and x.ndim != 2:
-        score(config, x, x[:1], None, None)  # the clear error, before sampling
+    check_scorable(config, x)
     n = n or default_n(config, x)
     gen = torch.Generator().manual_seed(seed)
     samples, labels, nfe = draw(model, config, tuple(x.shape[1:]), n, sampler, steps, gen)

@@ -30,6 +30,7 @@ from rediff._choices import parse_choice
 from rediff._tensor import Tensor, check_finite
 from rediff.model import Denoiser
 from rediff.samplers._common import check_positive
+from rediff.samplers.ode import flow_velocity
 
 _LN2 = math.log(2.0)
 
@@ -99,20 +100,16 @@ class _Flow:
 
     def __init__(self, denoiser: Denoiser, cond: dict, dtype: torch.dtype) -> None:
         self.denoiser, self.cond, self.nfe, self.dtype = denoiser, cond, 0, dtype
-        schedule = self.schedule = denoiser.schedule
-        self.t0, self.t1 = schedule.t_min, schedule.t_max
-        self.u0 = math.log(float(schedule.noise_level(self.t0)))
-        self.u1 = math.log(float(schedule.noise_level(self.t1)))
-        self.a0, self.a1 = float(schedule.alpha(self.t0)), float(schedule.alpha(self.t1))
+        schedule = denoiser.schedule
+        t0, t1 = schedule.t_min, schedule.t_max
+        self.u0 = math.log(float(schedule.noise_level(t0)))
+        self.u1 = math.log(float(schedule.noise_level(t1)))
+        self.a0, self.a1 = float(schedule.alpha(t0)), float(schedule.alpha(t1))
 
     def velocity(self, u: Tensor, y: Tensor) -> Tensor:
-        """dy/du = y - x0_hat(alpha y, t(u)), in float64."""
+        """dy/du = y - x0_hat(alpha y, t(u)) (``samplers.ode.flow_velocity``), counted."""
         self.nfe += 1
-        s = math.exp(min(max(float(u), self.u0), self.u1))  # solvers may probe past the ends
-        t = float(self.schedule.t_from_noise_level(s))
-        alpha = float(self.schedule.alpha(t))
-        x0_hat = self.denoiser((alpha * y).to(self.dtype), t, **self.cond)
-        return y - x0_hat.to(torch.float64)
+        return flow_velocity(self.denoiser, u, y, (self.u0, self.u1), self.dtype, **self.cond)
 
 
 def _transport(denoiser: Denoiser, x: Tensor, to_latent: bool, solver: Solver, cond) -> Tensor:

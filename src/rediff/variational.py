@@ -33,6 +33,7 @@ import torch
 from rediff._choices import parse_choice
 from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
 from rediff.model import Denoiser
+from rediff.samplers.ancestral import interpolated_variance
 from rediff.schedules import DiscreteVP
 
 _LN2 = math.log(2.0)
@@ -64,10 +65,8 @@ def discrete_schedule(denoiser: Denoiser) -> DiscreteVP:
 
 @dataclass(frozen=True)
 class StepCoefficients:
-    """Float64 [T] tables indexed by k - 1: alpha_k, sigma_k, beta_k, c0_k, beta_tilde_k."""
+    """Float64 [T] tables indexed by k - 1: beta_k, c0_k, beta_tilde_k."""
 
-    alpha: Tensor
-    sigma: Tensor
     beta: Tensor
     c0: Tensor
     beta_tilde: Tensor
@@ -79,8 +78,6 @@ class StepCoefficients:
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         sigma2 = 1.0 - abar
         return cls(
-            alpha=abar.sqrt(),
-            sigma=sigma2.sqrt(),
             beta=beta,
             c0=abar_prev.sqrt() * beta / sigma2,
             beta_tilde=(1.0 - abar_prev) * beta / sigma2,
@@ -157,11 +154,11 @@ def _reverse(
     # log(s^2 / v) + v / s^2 - 1 cancels to ~1e-10 at large k
     if variance is ReverseVariance.LEARNED:
         x0_hat, fraction = denoiser.with_variance(x_k, t, **cond)
-        log_beta = expand_to(coefficients.beta.log()[i].to(x0.device), x64)
+        beta = expand_to(coefficients.beta[i].to(x0.device), x64)
         clipped = coefficients.reverse_variance(ReverseVariance.BETA_TILDE)
-        log_beta_tilde = expand_to(clipped.log()[i].to(x0.device), x64)
-        fraction = fraction.to(torch.float64)
-        s2 = torch.exp(fraction * log_beta + (1.0 - fraction) * log_beta_tilde)
+        s2 = interpolated_variance(
+            fraction.to(torch.float64), beta, expand_to(clipped[i].to(x0.device), x64)
+        )
     else:
         x0_hat = denoiser(x_k, t, **cond)
         s2 = expand_to(coefficients.reverse_variance(variance)[i].to(x0.device), x64)

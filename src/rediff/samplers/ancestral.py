@@ -71,16 +71,22 @@ def optimal_variance(p: Point, q: Point, v: float, gamma: float) -> float:
     return v + gap**2 * (1.0 - min(max(gamma, 0.0), 1.0))
 
 
+def interpolated_variance(
+    fraction: Tensor, beta: Tensor | float, beta_tilde: Tensor | float
+) -> Tensor:
+    """exp(f log beta + (1 - f) log beta_tilde): a learned variance between DDPM's two fixed
+    ones, per element of the model's fraction f (Nichol & Dhariwal 2021, eq. 15)."""
+    log_beta = torch.log(torch.as_tensor(beta, dtype=fraction.dtype, device=fraction.device))
+    log_tilde = torch.log(torch.as_tensor(beta_tilde, dtype=fraction.dtype, device=fraction.device))
+    return torch.exp(fraction * log_beta + (1.0 - fraction) * log_tilde)
+
+
 def learned_variance(p: Point, q: Point, fraction: Tensor) -> Tensor:
-    """exp(f log beta + (1 - f) log beta_tilde) for the step p -> q (into q != data), per
-    element of the model's fraction f (Nichol & Dhariwal 2021, eq. 15); 0 into data."""
+    """The learned variance of the step p -> q (beta and beta_tilde of that step); 0 into
+    data."""
     if q.is_data:
         return torch.zeros_like(fraction)
-    log_beta, log_beta_tilde = (
-        math.log(transition_variance(p, q)),
-        math.log(posterior_variance(p, q)),
-    )
-    return torch.exp(fraction * log_beta + (1.0 - fraction) * log_beta_tilde)
+    return interpolated_variance(fraction, transition_variance(p, q), posterior_variance(p, q))
 
 
 def _family_step(

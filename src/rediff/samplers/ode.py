@@ -106,6 +106,27 @@ def heun(
     return x.to(x_in.dtype)
 
 
+def flow_velocity(
+    denoiser: Denoiser,
+    u: Tensor | float,
+    y: Tensor,
+    u_range: tuple[float, float],
+    dtype: torch.dtype | None = None,
+    **cond,
+) -> Tensor:
+    """The probability-flow ODE in y = x / alpha against u = log(noise level s):
+    dy/du = y - x0_hat(alpha y, t(u)) (Karras et al. 2022, eq. 4 with s = sigma / alpha).
+
+    u is clamped into ``u_range`` (solvers probe past the ends, and u may round past them in
+    float32); the denoiser sees ``dtype`` (default y's), the result has y's dtype.
+    """
+    s = math.exp(min(max(float(u), u_range[0]), u_range[1]))
+    t = float(denoiser.schedule.t_from_noise_level(s))
+    alpha = float(denoiser.schedule.alpha(t))
+    x0_hat = denoiser((alpha * y).to(dtype or y.dtype), t, **cond)
+    return y - x0_hat.to(y.dtype)
+
+
 def ode(
     denoiser: Denoiser,
     x: Tensor,
@@ -133,15 +154,11 @@ def ode(
     grid, x_in = points(denoiser, ts), x
     x = working(x)
     start, end = grid[0], grid[-2] if grid[-1].is_data else grid[-1]
-    schedule = denoiser.schedule
 
-    s_lo, s_hi = end.noise_level, start.noise_level
+    u_range = (math.log(end.noise_level), math.log(start.noise_level))
 
     def velocity(u: Tensor, y: Tensor) -> Tensor:
-        s = min(max(math.exp(float(u)), s_lo), s_hi)  # u may round past the ends in float32
-        t = float(schedule.t_from_noise_level(s))
-        alpha = float(schedule.alpha(t))
-        return y - denoiser(alpha * y, t)
+        return flow_velocity(denoiser, u, y, u_range)
 
     if end.t < start.t:  # a one-point grid [t, 0] needs no integration, only the final jump
         span = torch.tensor(

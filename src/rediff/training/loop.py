@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 from rediff import data, losses, samplers
 from rediff._io import atomic_save_tensors, atomic_write, load_tensors
 from rediff._tensor import Tensor, check_finite
-from rediff.model import Conditioned, DiffusionModel
+from rediff.evaluation import draw
+from rediff.model import DiffusionModel
 from rediff.nets import MLP, UNet
 from rediff.plots import save_loss_curve, save_samples
-from rediff.sampling import sample
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
 
@@ -299,26 +299,14 @@ def _batch(x, labels, config: Config, objective, schedule, generator, world: Wor
 def _sample_grid(ema_model: DiffusionModel, config: Config, shape, run: Path, step: int) -> None:
     """Samples from the EMA model at this step (fixed seed), as samples/step_XXXXXXX.png."""
     n = min(config.sample.n, 100) if len(shape) == 3 else config.sample.n
-    device = next(ema_model.parameters()).device
-    den = ema_model
-    if config.model.num_classes:
-        labels = torch.arange(n, device=device) % config.model.num_classes
-        den = Conditioned(ema_model, labels=labels)
-    out = sample(
-        den,
-        (n, *shape),
-        sampler=config.sample.sampler,
-        steps=config.sample.steps,
-        generator=torch.Generator().manual_seed(config.seed),
-        device=device,
-        progress=False,
-        **config.sampler_options(config.sample.sampler),
+    generator = torch.Generator().manual_seed(config.seed)
+    samples, _, _ = draw(
+        ema_model, config, shape, n, config.sample.sampler, config.sample.steps, generator
     )
     (run / "samples").mkdir(exist_ok=True)
     path = run / "samples" / f"step_{step:07d}.png"
-    atomic_write(
-        path, lambda tmp: save_samples(out.x, tmp, f"step {step}: {config.sample.sampler}")
-    )
+    title = f"step {step}: {config.sample.sampler}"
+    atomic_write(path, lambda tmp: save_samples(samples, tmp, title))
 
 
 def train(
