@@ -227,7 +227,9 @@ def test_bad_mixture_inputs_are_refused(mixture):
         den(torch.zeros(4, 3), 0.5)
     with pytest.raises(ValueError, match="outside"):
         den(torch.zeros(4, 2), 2.0)
-    with pytest.raises(TypeError, match="no conditioning"):
-        den(torch.zeros(4, 2), 0.5, labels=torch.zeros(4))
+    with pytest.raises(TypeError, match="only labels"):
+        den(torch.zeros(4, 2), 0.5, mask=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"components in \[0, 2\]"):
+        den(torch.zeros(4, 2), 0.5, labels=torch.tensor([0, 1, 3, 0]))
     with pytest.raises(TypeError, match="Schedule"):
         mixture.denoiser("vp")

@@ -49,7 +49,7 @@ def test_class_conditioning_with_null_label():
     a = net(x, t, labels=torch.tensor([0, 1, 2, 0]))
     b = net(x, t, labels=torch.tensor([1, 1, 2, 0]))
     assert not torch.allclose(a[0], b[0]) and torch.allclose(a[1:], b[1:])
-    null = net(x, t, labels=torch.full((4,), 3))
+    null = net(x, t, labels=torch.full((4,), -1))
     torch.testing.assert_close(net(x, t), null)  # no labels = the null label
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
         net(x, t, labels=torch.tensor([0, 1, 5, 0]))

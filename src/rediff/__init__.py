@@ -6,21 +6,41 @@ den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
 model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
 """
 
-from rediff import data, grids, metrics, parametrization, samplers, schedules, variational
+from rediff import (
+    data,
+    grids,
+    guidance,
+    metrics,
+    parametrization,
+    samplers,
+    schedules,
+    variational,
+)
 from rediff.likelihood import Solver, decode, dequantized_nll, encode, log_likelihood
-from rediff.model import Conditioned, Denoiser, DiffusionModel, TimeInput
+from rediff.model import (
+    NULL_LABEL,
+    Conditioned,
+    Denoiser,
+    DiffusionModel,
+    NoisyClassifier,
+    TimeInput,
+)
 from rediff.parametrization import Prediction, Target, convert
-from rediff.sampling import Samples, sample
+from rediff.sampling import Resampling, Samples, SharedNoise, sample
 from rediff.variational import vlb
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NULL_LABEL",
     "Conditioned",
     "Denoiser",
     "DiffusionModel",
+    "NoisyClassifier",
     "Prediction",
+    "Resampling",
     "Samples",
+    "SharedNoise",
     "Solver",
     "Target",
     "TimeInput",
@@ -30,6 +50,7 @@ __all__ = [
     "dequantized_nll",
     "encode",
     "grids",
+    "guidance",
     "log_likelihood",
     "metrics",
     "parametrization",

@@ -19,6 +19,10 @@ from rediff._tensor import Tensor, batch_time, expand_to
 from rediff.parametrization import Prediction, Target, convert, input_scale
 from rediff.schedules import DiscreteVP, Schedule
 
+#: the label meaning "no class" (classifier-free guidance's unconditional model, label
+#: dropout): conditional denoisers take ``labels`` [B] in [0, num_classes - 1] or NULL_LABEL
+NULL_LABEL = -1
+
 
 class Denoiser(ABC):
     """x0_hat = D(x_t, t, **cond) for x_t: [B, *D], t a scalar or [B] in the schedule's domain."""
@@ -78,6 +82,31 @@ class TimeInput(str, Enum):
         return parse_choice(cls, value, "time input")
 
 
+def time_feature(time_input: TimeInput, schedule: Schedule, t: Tensor) -> Tensor:
+    """A network's time input for float64 times t: [B] (see ``TimeInput``)."""
+    if time_input is TimeInput.STEP:
+        return t * schedule.num_steps - 1.0
+    if time_input is TimeInput.C_NOISE:
+        return 0.25 * torch.log(schedule.noise_level(t))
+    return t
+
+
+def _check_time_input(time_input: TimeInput | str, schedule: Schedule) -> TimeInput:
+    time_input = TimeInput.parse(time_input)
+    if time_input is TimeInput.STEP and not isinstance(schedule, DiscreteVP):
+        raise ValueError(
+            "time_input='step' needs a DiscreteVP schedule (it has integer steps); "
+            f"got {type(schedule).__name__}: use time_input='t' or 'c_noise'"
+        )
+    return time_input
+
+
+def _check_schedule(schedule: Schedule) -> Schedule:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a rediff Schedule, got {type(schedule).__name__}")
+    return schedule
+
+
 class DiffusionModel(nn.Module, Denoiser):
     """Wrap ``net(x, time, **cond) -> prediction`` into a Denoiser.
 
@@ -107,28 +136,23 @@ class DiffusionModel(nn.Module, Denoiser):
     ) -> None:
         super().__init__()
         self.learned_variance = bool(learned_variance)
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a rediff Schedule, got {type(schedule).__name__}")
         self.net = net
-        self.schedule = schedule
+        self.schedule = _check_schedule(schedule)
         self.target = Target.parse(target)
-        self.time_input = TimeInput.parse(time_input)
-        if self.time_input is TimeInput.STEP and not isinstance(schedule, DiscreteVP):
-            raise ValueError(
-                "time_input='step' needs a DiscreteVP schedule (it has integer steps); "
-                f"got {type(schedule).__name__}: use time_input='t' or 'c_noise'"
-            )
+        self.time_input = _check_time_input(time_input, schedule)
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.sigma_data = float(sigma_data)
 
     def time_feature(self, t: Tensor) -> Tensor:
         """The network's time input for float64 times t: [B] (see ``TimeInput``)."""
-        if self.time_input is TimeInput.STEP:
-            return t * self.schedule.num_steps - 1.0
-        if self.time_input is TimeInput.C_NOISE:
-            return 0.25 * torch.log(self.schedule.noise_level(t))
-        return t
+        return time_feature(self.time_input, self.schedule, t)
+
+    def with_net(self, net: nn.Module) -> DiffusionModel:
+        """The same model around another module holding these parameters (compiled, DDP)."""
+        return DiffusionModel(
+            net, self.schedule, self.target, self.time_input, self.sigma_data, self.learned_variance
+        )
 
     def outputs(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor | None]:
         """One network evaluation: its prediction of ``self.target`` at (x_t, t), and the
@@ -169,3 +193,56 @@ class DiffusionModel(nn.Module, Denoiser):
         t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
         prediction, fraction = self.outputs(x_t, t, **cond)
         return self._x0(prediction, x_t, t), fraction
+
+
+class NoisyClassifier(nn.Module):
+    """A classifier of noised data: log p(y | x_t) for the forward process ``schedule``, the
+    ingredient of classifier guidance (Dhariwal & Nichol 2021, section 4; Song et al. 2021,
+    appendix I).
+
+    ``net(x, time) -> logits [B, num_classes]`` receives x_t scaled to unit variance by EDM's
+    c_in / alpha = 1 / sqrt(sigma^2 + alpha^2 sigma_data^2) (whatever the schedule, so VE's
+    large noise levels reach the net at a sane scale) and the chosen time input.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        time_input: TimeInput | str = TimeInput.T,
+        sigma_data: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.schedule = _check_schedule(schedule)
+        self.time_input = _check_time_input(time_input, schedule)
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def logits(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """Unnormalised log p(y | x_t) for every class: [B, num_classes]."""
+        t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+        scale = input_scale(Target.EDM, alpha, sigma, self.sigma_data)
+        feature = time_feature(self.time_input, self.schedule, t)
+        return self.net(expand_to(scale, x_t) * x_t, feature.to(torch.float32))
+
+    def forward(self, x_t: Tensor, t: Tensor | float, labels: Tensor) -> Tensor:
+        """log p(labels | x_t) [B] for labels: [B] in [0, num_classes - 1]."""
+        log_probs = torch.log_softmax(self.logits(x_t, t).float(), dim=1)
+        labels = torch.as_tensor(labels, device=x_t.device).long()
+        if labels.shape != (x_t.shape[0],):
+            raise ValueError(
+                f"labels must have shape [B] = [{x_t.shape[0]}], got {tuple(labels.shape)}"
+            )
+        if bool(((labels < 0) | (labels >= log_probs.shape[1])).any()):
+            raise ValueError(
+                f"labels must lie in [0, {log_probs.shape[1] - 1}], got values "
+                f"{sorted(set(labels.tolist()))[:10]}"
+            )
+        return log_probs.gather(1, labels[:, None])[:, 0]
+
+    def with_net(self, net: nn.Module) -> NoisyClassifier:
+        """The same classifier around another module holding these parameters."""
+        return NoisyClassifier(net, self.schedule, self.time_input, self.sigma_data)

@@ -6,6 +6,7 @@ evaluations is counted by wrapping the denoiser, never estimated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rediff import grids, samplers
-from rediff._tensor import Tensor
+from rediff._tensor import NoiseSource, Tensor, randn
 from rediff.model import Denoiser
-from rediff.samplers._common import Step
+from rediff.samplers._common import Step, noise_like, point_at, transition_variance
 
 
 class CountingDenoiser(Denoiser):
@@ -44,6 +45,82 @@ class Samples:
     ts: Tensor
 
 
+@dataclass(frozen=True)
+class Resampling:
+    """RePaint's schedule (Lugmayr et al. 2022, algorithm 1 and section 4.2): the grid is cut
+    into segments of ``jump`` steps; each segment is sampled ``times`` times, and after every
+    pass but the last its result is pushed back to the segment's start by the forward
+    transition q(x_s | x_t), so that the constrained and the generated parts harmonise."""
+
+    times: int = 1
+    jump: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("times", "jump"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Resampling.{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SharedNoise:
+    """Samples that share their randomness (Ho et al. 2020, section 4.3 and figure 7): the
+    batch is cut into ``groups`` consecutive groups; the members of a group share x_T and the
+    noise injected in the first ``until`` steps, and draw their own afterwards. ``until`` = 0
+    shares x_T only; ``until`` >= steps makes the members identical."""
+
+    until: int
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        for name, low in (("until", 0), ("groups", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"SharedNoise.{name} must be an int >= {low}, got {value!r}")
+
+
+class _SharedDraws(NoiseSource):
+    """The generator of a run with ``SharedNoise``: ``step`` is the step now running (-1
+    while x_T is drawn); draws are shared within groups while step < until."""
+
+    def __init__(self, shared: SharedNoise, generator: torch.Generator | None, n: int) -> None:
+        if n % shared.groups:
+            raise ValueError(
+                f"SharedNoise.groups = {shared.groups} must divide the number of samples {n}"
+            )
+        self.shared, self.generator, self.step = shared, generator, -1
+
+    def randn(self, shape, dtype, device) -> Tensor:
+        groups = self.shared.groups
+        if self.step >= self.shared.until:
+            return randn(shape, self.generator, dtype, device)
+        z = randn((groups, *shape[1:]), self.generator, dtype, device)
+        return z.repeat_interleave(shape[0] // groups, dim=0)
+
+
+def renoise(denoiser: Denoiser, x: Tensor, t: float, s: float, generator) -> Tensor:
+    """Draw x_s ~ q(x_s | x_t) for s > t: (alpha_s / alpha_t) x_t + sqrt(sigma_s^2 -
+    (alpha_s / alpha_t)^2 sigma_t^2) z (the forward transition; t = 0 allowed)."""
+    p, q = point_at(denoiser, s), point_at(denoiser, t)
+    std = math.sqrt(transition_variance(p, q))
+    return (p.alpha / q.alpha) * x + std * noise_like(x, generator)
+
+
+def _integrate(entry, denoiser, x, ts, generator, callback, options, resampling) -> Tensor:
+    """The sampler over ``ts``, in RePaint segments when ``resampling`` asks for them."""
+    if resampling is None or resampling.times == 1:
+        return entry.function(denoiser, x, ts, generator=generator, callback=callback, **options)
+    for start in range(0, len(ts) - 1, resampling.jump):
+        segment = ts[start : start + resampling.jump + 1]
+        for k in range(resampling.times):
+            if k:  # back to the segment's start
+                x = renoise(denoiser, x, float(segment[-1]), float(segment[0]), generator)
+            x = entry.function(
+                denoiser, x, segment, generator=generator, callback=callback, **options
+            )
+    return x
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -58,25 +135,36 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     progress: bool = True,
+    shared: SharedNoise | None = None,
+    resampling: Resampling | None = None,
     **options: Any,
 ) -> Samples:
     """Draw samples of ``shape`` = (n, *D): x_T from the prior, then the named sampler over a
     ``steps``-step grid of the named spacing (default: the sampler's own, see
     ``samplers.REGISTRY``). Extra ``options`` go to the sampler (eta, order, churn, rtol, ...).
-    Returns ``Samples(x, nfe, ts)``."""
+    ``shared`` makes groups of samples share their noise (``SharedNoise``); ``resampling``
+    repeats segments of the grid (``Resampling``, for inpainting). Returns
+    ``Samples(x, nfe, ts)``."""
     entry = samplers.get(sampler)
     spacing = entry.spacing if spacing is None else spacing
     ts = grids.make(denoiser.schedule, steps, spacing, t_min=t_min, final_step=final_step)
-    prior = denoiser.schedule.prior_sample
-    x = prior(tuple(shape), generator=generator, dtype=dtype, device=device)
+    source = generator if shared is None else _SharedDraws(shared, generator, shape[0])
+    x = denoiser.schedule.prior_sample(tuple(shape), generator=source, dtype=dtype, device=device)
     counting = CountingDenoiser(denoiser)
-    with tqdm(total=len(ts) - 1, desc=f"{sampler} ({steps} steps)", disable=not progress) as bar:
+    passes = 1 if resampling is None else resampling.times
+    total = (len(ts) - 1) * passes
+    with tqdm(total=total, desc=f"{sampler} ({steps} steps)", disable=not progress) as bar:
+        done = [0]
 
         def advance(step: Step) -> None:
+            done[0] += 1
+            if shared is not None:
+                source.step = done[0]
             bar.update(1)
 
-        x = entry.function(
-            counting, x, ts, generator=generator, callback=advance, **{**entry.options, **options}
-        )
+        if shared is not None:
+            source.step = 0
+        options = {**entry.options, **options}
+        x = _integrate(entry, counting, x, ts, source, advance, options, resampling)
         bar.update(bar.total - bar.n)  # adaptive solvers report once, at the end
     return Samples(x, counting.calls, ts)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rediff._tensor import Tensor, batch_time, check_finite
-from rediff.model import Denoiser
+from rediff.model import NULL_LABEL, Denoiser
 from rediff.schedules import Schedule
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -168,16 +168,52 @@ class GaussianMixture:
         whitened = torch.einsum("kij,bkj->bki", self._eigvecs.to(y.device), y / d)
         return (-(r * whitened).sum(1)).reshape(x_t.shape).to(x_t.dtype)
 
-    def posterior_mean(self, x_t: Tensor, t: Tensor | float, schedule: Schedule) -> Tensor:
-        """E[x0 | x_t] under ``schedule`` at time t, shaped and typed like x_t."""
+    def posterior_mean(
+        self, x_t: Tensor, t: Tensor | float, schedule: Schedule, labels: Tensor | None = None
+    ) -> Tensor:
+        """E[x0 | x_t] under ``schedule`` at time t, shaped and typed like x_t; with ``labels``
+        [B] (a component index, or ``NULL_LABEL`` for the whole mixture) E[x0 | x_t, k]: the
+        component is the class, so this is the exact class-conditional denoiser."""
         y, d, log_joint, alpha = self._at(x_t, t, schedule)
-        r = torch.softmax(log_joint, dim=1)[..., None]
+        r = self._responsibilities(log_joint, labels)[..., None]
         alpha = alpha.to(y.device)
         # mu_k + alpha Sigma_k C_k^{-1} (x - alpha mu_k) = mu_k + U_k diag(alpha s_k / d) y
         gain = alpha[:, None, None] * self._eigvals.to(y.device) / d
         shift = torch.einsum("kij,bkj->bki", self._eigvecs.to(y.device), gain * y)
         x0 = (r * (self._means.to(y.device) + shift)).sum(1)
         return x0.reshape(x_t.shape).to(x_t.dtype)
+
+    def _responsibilities(self, log_joint: Tensor, labels: Tensor | None) -> Tensor:
+        """p(k | x_t) [B, K], replaced by one-hot rows where ``labels`` name a component."""
+        r = torch.softmax(log_joint, dim=1)
+        if labels is None:
+            return r
+        labels = self._check_labels(labels, r.shape[0]).to(r.device)
+        chosen = torch.nn.functional.one_hot(labels.clamp_min(0), self.num_components).to(r)
+        return torch.where((labels == NULL_LABEL)[:, None], r, chosen)
+
+    def _check_labels(self, labels: Tensor, batch: int) -> Tensor:
+        labels = torch.as_tensor(labels).long()
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must have shape [B] = [{batch}], got {tuple(labels.shape)}")
+        valid = ((labels >= 0) & (labels < self.num_components)) | (labels == NULL_LABEL)
+        if not bool(valid.all()):
+            raise ValueError(
+                f"labels must be components in [0, {self.num_components - 1}] or NULL_LABEL "
+                f"({NULL_LABEL}), got values {sorted(set(labels.tolist()))[:10]}"
+            )
+        return labels
+
+    def log_classifier(
+        self, x_t: Tensor, t: Tensor | float, schedule: Schedule, labels: Tensor
+    ) -> Tensor:
+        """log p(k = labels | x_t) [B] (float64, differentiable in x_t): the exact classifier
+        of noised data, for classifier guidance."""
+        _, _, log_joint, _ = self._at(x_t, t, schedule)
+        labels = self._check_labels(labels, x_t.shape[0]).to(log_joint.device)
+        if bool((labels == NULL_LABEL).any()):
+            raise ValueError("the classifier needs a component for every sample, not NULL_LABEL")
+        return torch.log_softmax(log_joint, dim=1).gather(1, labels[:, None])[:, 0]
 
     def denoiser(self, schedule: Schedule) -> MixtureDenoiser:
         """The exact denoiser x0_hat = E[x0 | x_t] for data from this mixture under ``schedule``."""
@@ -197,10 +233,18 @@ class MixtureDenoiser(Denoiser):
         self.mixture = mixture
         self.schedule = schedule
 
-    def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+    def __call__(
+        self, x_t: Tensor, t: Tensor | float, labels: Tensor | None = None, **cond: Any
+    ) -> Tensor:
+        """E[x0 | x_t], or with ``labels`` [B] E[x0 | x_t, component] (``NULL_LABEL``: the
+        whole mixture), the exact class-conditional denoiser."""
         if cond:
-            raise TypeError(f"the exact mixture denoiser takes no conditioning, got {sorted(cond)}")
-        return self.mixture.posterior_mean(x_t, t, self.schedule)
+            raise TypeError(f"the exact mixture denoiser takes only labels, got {sorted(cond)}")
+        return self.mixture.posterior_mean(x_t, t, self.schedule, labels)
+
+    def log_classifier(self, x_t: Tensor, t: Tensor | float, labels: Tensor) -> Tensor:
+        """log p(component = labels | x_t) [B]: the exact noisy-data classifier."""
+        return self.mixture.log_classifier(x_t, t, self.schedule, labels)
 
     def log_prob(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         """log p_t(x_t) [B], float64."""

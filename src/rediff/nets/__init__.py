@@ -1,13 +1,15 @@
 """Networks: ``MLP`` (low-dimensional data), ``UNet`` (images; DDPM architecture, presets
-``UNet.digits()`` and ``UNet.cifar10()``), ``EnergyScore`` (score = -grad E).
+``UNet.digits()`` and ``UNet.cifar10()``), ``EnergyScore`` (score = -grad E),
+``NoiseClassifier`` (logits of noised images, for classifier guidance).
 
 Every network is called as ``net(x, time, labels=None)`` with ``time`` from
 ``DiffusionModel.time_feature``.
 """
 
+from rediff.nets.classifier import NoiseClassifier
 from rediff.nets.embedding import TimeEmbedding, sinusoidal
 from rediff.nets.energy import EnergyScore
 from rediff.nets.mlp import MLP
 from rediff.nets.unet import UNet
 
-__all__ = ["MLP", "EnergyScore", "TimeEmbedding", "UNet", "sinusoidal"]
+__all__ = ["MLP", "EnergyScore", "NoiseClassifier", "TimeEmbedding", "UNet", "sinusoidal"]

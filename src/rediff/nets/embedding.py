@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rediff._tensor import Tensor
+from rediff.model import NULL_LABEL
 
 
 def sinusoidal(time: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -21,7 +22,8 @@ def sinusoidal(time: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
 
 class TimeEmbedding(nn.Module):
     """sinusoidal(scale * time) -> Linear -> SiLU -> Linear, plus an optional class embedding
-    with one extra 'null' label (index num_classes) for classifier-free guidance.
+    with one extra row for the null label ``rediff.model.NULL_LABEL`` (classifier-free
+    guidance's unconditional model).
 
     ``scale`` maps the time input to a range where the sinusoids vary: 1000 for t in [0, 1],
     1 for DDPM step indices, and 250 for EDM's c_noise = log(sigma)/4 (Karras et al. 2022).
@@ -45,11 +47,12 @@ class TimeEmbedding(nn.Module):
                 raise ValueError("labels were given to a network built without num_classes")
             return emb
         if labels is None:  # unconditional: the null label
-            labels = torch.full((time.shape[0],), self.num_classes, device=time.device)
-        labels = torch.as_tensor(labels, device=time.device)
-        if bool(((labels < 0) | (labels > self.num_classes)).any()):
+            labels = torch.full((time.shape[0],), NULL_LABEL, device=time.device)
+        labels = torch.as_tensor(labels, device=time.device).long()
+        valid = ((labels >= 0) & (labels < self.num_classes)) | (labels == NULL_LABEL)
+        if not bool(valid.all()):
             raise ValueError(
-                f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes}, the null "
+                f"labels must lie in [0, {self.num_classes - 1}] (or {NULL_LABEL}, the null "
                 f"label), got values {sorted(set(labels.tolist()))[:10]}"
             )
-        return emb + self.classes(labels.long())
+        return emb + self.classes(torch.where(labels == NULL_LABEL, self.num_classes, labels))

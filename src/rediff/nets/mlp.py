@@ -34,6 +34,7 @@ class MLP(nn.Module):
         width, depth: hidden width and number of residual blocks.
         time_scale: see ``TimeEmbedding`` (1000 for t in [0, 1]).
         num_classes: enables class conditioning with a null label.
+        out_features: return [B, out_features] instead (e.g. a classifier's logits).
     """
 
     def __init__(
@@ -45,13 +46,16 @@ class MLP(nn.Module):
         time_scale: float = 1000.0,
         num_classes: int | None = None,
         outputs: int = 1,
+        out_features: int | None = None,
     ):
         super().__init__()
-        self.dim, self.outputs = dim, outputs
+        self.dim, self.outputs, self.out_features = dim, outputs, out_features
         self.embed = TimeEmbedding(emb_dim, emb_dim, time_scale, num_classes)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, outputs * dim))
+        self.out = nn.Sequential(
+            nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_features or outputs * dim)
+        )
 
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
         if math.prod(x.shape[1:]) != self.dim:
@@ -60,4 +64,6 @@ class MLP(nn.Module):
         h = self.inp(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, emb)
+        if self.out_features:
+            return self.out(h)
         return self.out(h).reshape(x.shape[0], self.outputs * x.shape[1], *x.shape[2:])

@@ -57,6 +57,72 @@ class Attention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
+def down_path(
+    ch: int,
+    ch_mult: Sequence[int],
+    num_res_blocks: int,
+    attn_resolutions: Sequence[int],
+    resolution: int,
+    emb_dim: int,
+    dropout: float,
+    groups: int,
+) -> tuple[nn.ModuleList, list[int]]:
+    """The UNet's downsampling half (residual blocks, attention at ``attn_resolutions``,
+    strided convolutions between levels) and the widths of the skips it leaves."""
+    if resolution % 2 ** (len(ch_mult) - 1):
+        raise ValueError(
+            f"resolution {resolution} is not divisible by 2^{len(ch_mult) - 1}, which "
+            f"ch_mult={tuple(ch_mult)} needs"
+        )
+    down = nn.ModuleList()
+    widths, width, res = [ch], ch, resolution
+    for level, mult in enumerate(ch_mult):
+        for _ in range(num_res_blocks):
+            down.append(ResBlock(width, ch * mult, emb_dim, dropout, groups))
+            width = ch * mult
+            if res in attn_resolutions:
+                down.append(Attention(width, groups))
+            widths.append(width)
+        if level != len(ch_mult) - 1:
+            down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+            widths.append(width)
+            res //= 2
+    return down, widths
+
+
+def middle(width: int, emb_dim: int, dropout: float, groups: int) -> nn.ModuleList:
+    """Residual block, self-attention, residual block at the lowest resolution."""
+    return nn.ModuleList(
+        [
+            ResBlock(width, width, emb_dim, dropout, groups),
+            Attention(width, groups),
+            ResBlock(width, width, emb_dim, dropout, groups),
+        ]
+    )
+
+
+def encode(h: Tensor, down: nn.ModuleList, mid: nn.ModuleList, emb: Tensor):
+    """Run the downsampling half and the middle: (lowest-resolution features, skips)."""
+    skips = [h]
+    for layer in down:
+        h = layer(h, emb) if isinstance(layer, (ResBlock, Attention)) else layer(h)
+        if not isinstance(layer, Attention):
+            skips.append(h)
+        else:
+            skips[-1] = h
+    for layer in mid:
+        h = layer(h, emb)
+    return h, skips
+
+
+def check_image(x: Tensor, channels: int, resolution: int, name: str) -> None:
+    if x.shape[1:] != (channels, resolution, resolution):
+        raise ValueError(
+            f"{name} built for images [B, {channels}, {resolution}, {resolution}] got shape "
+            f"{tuple(x.shape)}"
+        )
+
+
 class UNet(nn.Module):
     """net(x [B, C, H, W], time [B], labels=None) -> [B, C, H, W].
 
@@ -86,35 +152,15 @@ class UNet(nn.Module):
         outputs: int = 1,
     ):
         super().__init__()
-        if resolution % 2 ** (len(ch_mult) - 1):
-            raise ValueError(
-                f"resolution {resolution} is not divisible by 2^{len(ch_mult) - 1}, which "
-                f"ch_mult={tuple(ch_mult)} needs"
-            )
         self.channels, self.resolution = channels, resolution
         emb_dim = 4 * ch
         self.embed = TimeEmbedding(ch, emb_dim, time_scale, num_classes)
         self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        widths, width, res = [ch], ch, resolution
-        for level, mult in enumerate(ch_mult):
-            for _ in range(num_res_blocks):
-                self.down.append(ResBlock(width, ch * mult, emb_dim, dropout, groups))
-                width = ch * mult
-                if res in attn_resolutions:
-                    self.down.append(Attention(width, groups))
-                widths.append(width)
-            if level != len(ch_mult) - 1:
-                self.down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
-                widths.append(width)
-                res //= 2
-        self.mid = nn.ModuleList(
-            [
-                ResBlock(width, width, emb_dim, dropout, groups),
-                Attention(width, groups),
-                ResBlock(width, width, emb_dim, dropout, groups),
-            ]
+        self.down, widths = down_path(
+            ch, ch_mult, num_res_blocks, attn_resolutions, resolution, emb_dim, dropout, groups
         )
+        width, res = widths[-1], resolution // 2 ** (len(ch_mult) - 1)
+        self.mid = middle(width, emb_dim, dropout, groups)
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
@@ -155,22 +201,9 @@ class UNet(nn.Module):
         return cls(**{**dict(channels=3, resolution=32), **overrides})
 
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
-        if x.shape[1:] != (self.channels, self.resolution, self.resolution):
-            raise ValueError(
-                f"UNet built for images [B, {self.channels}, {self.resolution}, "
-                f"{self.resolution}] got shape {tuple(x.shape)}"
-            )
+        check_image(x, self.channels, self.resolution, type(self).__name__)
         emb = self.embed(time, labels)
-        h = self.conv_in(x)
-        skips = [h]
-        for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, (ResBlock, Attention)) else layer(h)
-            if not isinstance(layer, Attention):
-                skips.append(h)
-            else:
-                skips[-1] = h
-        for layer in self.mid:
-            h = layer(h, emb)
+        h, skips = encode(self.conv_in(x), self.down, self.mid, emb)
         for layer in self.up:
             if isinstance(layer, ResBlock):
                 h = layer(torch.cat([h, skips.pop()], dim=1), emb)
