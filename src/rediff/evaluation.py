@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rediff import data, metrics
+from rediff import data, guidance, metrics
 from rediff._io import atomic_write
 from rediff._tensor import Tensor, check_finite
-from rediff.model import Conditioned
+from rediff.model import Conditioned, Denoiser, NoisyClassifier
 from rediff.sampling import sample
 
 NUM_DIGITS = 10
@@ -110,19 +110,72 @@ def default_n(config, x: Tensor) -> int:
     return data.digits.HELD_OUT if config.data.kind == "digits" else min(x.shape[0] // 2, 5000)
 
 
+@dataclass(frozen=True)
+class Guide:
+    """How a run is steered towards class labels: the guidance ``scale`` (1: the conditional
+    model itself) and, for classifier guidance, a trained NoisyClassifier with its number of
+    classes."""
+
+    scale: float = 1.0
+    classifier: NoisyClassifier | None = None
+    classifier_classes: int = 0
+
+
+def classes_of(config, guide: Guide = Guide()) -> int:
+    """The number of classes a run can be steered to (0: none)."""
+    return guide.classifier_classes if guide.classifier is not None else config.model.num_classes
+
+
+def steered(model, config, labels: Tensor | None, guide: Guide = Guide()) -> Denoiser:
+    """The Denoiser that samples class ``labels`` [n] from a run's model: the conditional
+    model (scale 1), classifier-free guidance (a model trained with label dropout), or
+    classifier guidance of the (conditional or not) model; ``labels=None``: the model."""
+    scale = guidance.check_scale(guide.scale)
+    if labels is None:
+        if guide.classifier is not None or scale != 1.0:
+            raise ValueError("guidance needs class labels to steer to (--class)")
+        return model
+    classes = classes_of(config, guide)
+    if not classes:
+        raise ValueError(
+            "class labels need a class-conditional model (model.num_classes > 0) or a "
+            "noise-conditional classifier (--classifier RUN)"
+        )
+    if bool(((labels < 0) | (labels >= classes)).any()):
+        raise ValueError(
+            f"class labels must lie in [0, {classes - 1}], got {sorted(set(labels.tolist()))[:10]}"
+        )
+    base = Conditioned(model, labels=labels) if config.model.num_classes else model
+    if guide.classifier is not None:
+        return guidance.classifier(base, guide.classifier, labels, scale)
+    if scale == 1.0:
+        return base
+    if not config.train.label_dropout:
+        raise ValueError(
+            "classifier-free guidance (a scale other than 1) needs a model trained with label "
+            "dropout (train.label_dropout > 0), or a classifier (--classifier RUN)"
+        )
+    return guidance.classifier_free(model, labels, scale)
+
+
 def draw(
-    model, config, shape: tuple[int, ...], n: int, sampler: str, steps: int, generator
+    model,
+    config,
+    shape: tuple[int, ...],
+    n: int,
+    sampler: str,
+    steps: int,
+    generator,
+    guide: Guide = Guide(),
 ) -> tuple[Tensor, Tensor | None, int]:
     """n samples of shape [*shape] from a trained run's model (on its device), with
-    class-balanced labels 0, 1, ... for a conditional model: (samples, labels or None,
-    number of evaluations)."""
+    class-balanced labels 0, 1, ... for a conditional (or classifier-guided) model, steered
+    by ``guide``: (samples, labels or None, number of evaluations)."""
     device = next(model.parameters()).device
-    den, labels = model, None
-    if config.model.num_classes:
-        labels = torch.arange(n, device=device) % config.model.num_classes
-        den = Conditioned(model, labels=labels)
+    classes = classes_of(config, guide)
+    labels = torch.arange(n, device=device) % classes if classes else None
     out = sample(
-        den,
+        steered(model, config, labels, guide),
         (n, *shape),
         sampler=sampler,
         steps=steps,
@@ -188,28 +241,67 @@ def score(config, x: Tensor, samples: Tensor, labels: Tensor | None, seed: int =
     ]
 
 
+#: where on the schedule's time range a classifier run is scored
+CLASSIFIER_TIMES = (0.0, 0.1, 0.3, 0.5, 0.7)
+
+
+@torch.no_grad()
+def classifier_scores(classifier: NoisyClassifier, x: Tensor, labels: Tensor, seed=0):
+    """A noisy classifier's accuracy on x_t ~ q(x_t | x) at a few times (fractions of the
+    time range, ``CLASSIFIER_TIMES``), chance level as the floor."""
+    s, gen = classifier.schedule, torch.Generator().manual_seed(seed)
+    scores = []
+    for fraction in CLASSIFIER_TIMES:
+        t = torch.full((x.shape[0],), s.t_min + fraction * (s.t_max - s.t_min), dtype=torch.float64)
+        x_t = s.marginal(x, t, torch.randn(x.shape, generator=gen, dtype=x.dtype))
+        right = classifier.logits(x_t, t).argmax(1).cpu() == labels.cpu()
+        level = float(s.noise_level(t[0]))
+        chance = 1.0 / classifier.logits(x_t[:1], t[:1]).shape[1]
+        scores.append(
+            Score(f"accuracy at noise level {level:.3g}", float(right.double().mean()), chance)
+        )
+    return scores
+
+
 def evaluate_run(
-    run_dir: str | Path, sampler: str = "dpm++2m", steps: int = 20, n: int | None = None, seed=0
+    run_dir: str | Path,
+    sampler: str = "dpm++2m",
+    steps: int = 20,
+    n: int | None = None,
+    seed=0,
+    guide: Guide = Guide(),
 ) -> list[Score]:
-    """Sample a trained run and ``score`` the samples; writes ``eval.md`` into the run."""
+    """Sample a trained run (steered by ``guide``) and ``score`` the samples, or score a
+    classifier run on noised held-out data; writes ``eval.md`` into the run."""
     from rediff.training import load_data, load_run
 
     config, model = load_run(run_dir)
+    if isinstance(model, NoisyClassifier):
+        x, labels = (
+            data.digits_split("held_out") if config.data.kind == "digits" else load_data(config)
+        )
+        scores = classifier_scores(model, x, labels, seed)
+        _write_report(Path(run_dir), scores, f"{x.shape[0]} labelled data points, noised.")
+        return scores
     x, _ = load_data(config)
     check_scorable(config, x)
     n = n or default_n(config, x)
     gen = torch.Generator().manual_seed(seed)
-    samples, labels, nfe = draw(model, config, tuple(x.shape[1:]), n, sampler, steps, gen)
+    samples, labels, nfe = draw(model, config, tuple(x.shape[1:]), n, sampler, steps, gen, guide)
     scores = score(config, x, samples, labels, seed)
-    _write_report(Path(run_dir), scores, sampler, steps, n, nfe)
+    how = f"{n} samples, sampler {sampler}, {steps} steps ({nfe} evaluations)"
+    if labels is not None:
+        how += f", guidance scale {guide.scale:g}"
+        how += " with a classifier" if guide.classifier is not None else ""
+    _write_report(Path(run_dir), scores, how + ".")
     return scores
 
 
-def _write_report(run: Path, scores: list[Score], sampler, steps, n, nfe) -> None:
+def _write_report(run: Path, scores: list[Score], how: str) -> None:
     lines = [
         f"# Evaluation of {run.name}",
         "",
-        f"{n} samples, sampler {sampler}, {steps} steps ({nfe} evaluations).",
+        how,
         "",
         "| metric | value | floor (real data) |",
         "|---|---|---|",

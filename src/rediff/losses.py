@@ -1,6 +1,7 @@
 """Training objectives, separate from models: the denoising loss (any prediction target, any
 weighting, any time sampler), DDPM's variational bound and the hybrid, and score matching
-(sliced and exact). ``Objective`` bundles one of them with its draws for the training loop.
+(sliced and exact), and the cross-entropy of a noise-conditional classifier (for classifier
+guidance). ``Objective`` bundles one of them with its draws for the training loop.
 
 Every target is affine in (x_t, x0) with x0-coefficient b (``rediff.parametrization``), so
 an error in the network's target is an error in x0_hat scaled by b:
@@ -31,7 +32,7 @@ import torch
 from rediff import divergence, variational
 from rediff._choices import parse_choice
 from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
-from rediff.model import DiffusionModel
+from rediff.model import DiffusionModel, NoisyClassifier
 from rediff.parametrization import Target, coefficients
 from rediff.schedules import DiscreteVP, Schedule
 
@@ -213,6 +214,17 @@ def score_matching_loss(
     return (per_sample / x0[0].numel()).mean()
 
 
+def classifier_loss(
+    classifier: NoisyClassifier, x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor
+) -> Tensor:
+    """Cross-entropy -log p(y | x_t) of a classifier of noised data x_t ~ q(x_t | x0) at times
+    t, batch mean (Dhariwal & Nichol 2021, section 4: the classifier of classifier guidance
+    is trained on the forward process's noised samples)."""
+    t = _checked_times(classifier.schedule, x0, t)
+    x_t = classifier.schedule.marginal(x0, t, noise)
+    return -classifier(x_t, t, labels).mean()
+
+
 class Loss(str, Enum):
     """The training objective of ``Objective``."""
 
@@ -223,6 +235,7 @@ class Loss(str, Enum):
     HYBRID = "hybrid"
     SLICED_SM = "sliced_sm"
     EXACT_SM = "exact_sm"
+    CLASSIFIER = "classifier"  # trains a NoisyClassifier, not a denoiser
 
     @classmethod
     def parse(cls, value: Loss | str) -> Loss:
@@ -265,8 +278,13 @@ class Objective:
                 "variance = 'learned' (and build the model with learned_variance)"
             )
 
-    def check_model(self, model: DiffusionModel) -> None:
+    def check_model(self, model: DiffusionModel | NoisyClassifier) -> None:
         """Refuse a model this objective cannot train (before a run starts)."""
+        if (self.kind is Loss.CLASSIFIER) != isinstance(model, NoisyClassifier):
+            raise ValueError(
+                "the classifier loss trains a NoisyClassifier and the other losses a "
+                f"DiffusionModel; got loss {self.kind.value!r} and a {type(model).__name__}"
+            )
         learned = self.variance is variational.ReverseVariance.LEARNED
         if learned and self.kind in (Loss.VLB, Loss.HYBRID) and not model.learned_variance:
             raise ValueError(
@@ -295,6 +313,10 @@ class Objective:
     def __call__(self, model: DiffusionModel, x0: Tensor, draws: dict[str, Tensor], **cond):
         """The batch-mean loss for data x0 and the inputs ``draws`` made by ``draw``."""
         t, noise = draws["t"], draws["noise"]
+        if self.kind is Loss.CLASSIFIER:
+            if "labels" not in cond:
+                raise ValueError("the classifier loss needs labels (labelled data)")
+            return classifier_loss(model, x0, t, noise, cond["labels"])
         if self.kind in (Loss.SLICED_SM, Loss.EXACT_SM):
             return score_matching_loss(model, x0, t, noise, draws.get("probes"), **cond)
         bound = (

@@ -20,8 +20,9 @@ def pyplot():
     return plt
 
 
-def save_samples(x: Tensor, path: str | Path, title: str = "") -> Path:
-    """2-D points as a scatter plot; images [N, C, H, W] in [-1, 1] as a grid."""
+def save_samples(x: Tensor, path: str | Path, title: str = "", cols: int = 10) -> Path:
+    """2-D points as a scatter plot; images [N, C, H, W] in [-1, 1] as a grid of ``cols``
+    columns (at most 100 images)."""
     plt = pyplot()
     x = x.detach().float().cpu()
     if x.ndim == 2 and x.shape[1] == 2:
@@ -30,7 +31,7 @@ def save_samples(x: Tensor, path: str | Path, title: str = "") -> Path:
         ax.set_aspect("equal", adjustable="datalim")
     elif x.ndim == 4:
         fig, ax = plt.subplots(figsize=(5, 5))
-        ax.imshow(image_grid(x[:100], 10), cmap="gray", vmin=-1, vmax=1)
+        ax.imshow(image_grid(x[:100], cols), cmap="gray", vmin=-1, vmax=1)
         ax.axis("off")
     else:
         raise ValueError(

@@ -3,8 +3,10 @@
 rediff demo [--out DIR] [--seed S] [--no-train]
 rediff train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
 rediff sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE.png] [--seed S]
-                      [--class K]
-rediff eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S]
+                      [--class K] [--guidance-scale W] [--classifier RUN_DIR]
+                      [--share-noise-until K] [--groups G]
+rediff eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S] [--guidance-scale W]
+                    [--classifier RUN_DIR]
 rediff nll RUN_DIR [--method ode|vlb] [--split held_out|train] [--data PATH] [--n N] [--probes N]
                    [--vlb-steps N] [--rtol R] [--seed S]
 """
@@ -49,20 +51,41 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guide(args: argparse.Namespace):
+    """The --guidance-scale / --classifier options as an evaluation.Guide."""
+    from rediff.evaluation import Guide
+    from rediff.model import NoisyClassifier
+    from rediff.training import load_run
+
+    if args.classifier is None:
+        return Guide(args.guidance_scale)
+    config, classifier = load_run(args.classifier)
+    if not isinstance(classifier, NoisyClassifier):
+        raise SystemExit(f"--classifier {args.classifier} is not a classifier run (loss.kind)")
+    return Guide(args.guidance_scale, classifier, config.model.num_classes)
+
+
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
     import rediff
+    from rediff.evaluation import steered
+    from rediff.model import NoisyClassifier
     from rediff.plots import save_samples
     from rediff.training import load_data, load_run
 
     config, model = load_run(args.run_dir)
+    if isinstance(model, NoisyClassifier):
+        raise SystemExit(f"{args.run_dir} is a classifier; pass it as --classifier to a model")
     x, _ = load_data(config)
-    den = model
-    if args.class_label is not None:
-        if not config.model.num_classes:
-            raise SystemExit("--class needs a class-conditional model (model.num_classes > 0)")
-        den = rediff.Conditioned(model, labels=torch.full((args.n,), args.class_label))
+    labels = None if args.class_label is None else torch.full((args.n,), args.class_label)
+    try:
+        den = steered(model, config, labels, _guide(args))
+        shared = None
+        if args.share_noise_until is not None:
+            shared = rediff.SharedNoise(args.share_noise_until, args.groups)
+    except ValueError as error:
+        raise SystemExit(f"rediff sample: {error}") from None
     gen = torch.Generator().manual_seed(args.seed)
     options = config.sampler_options(args.sampler)
     out = rediff.sample(
@@ -71,9 +94,14 @@ def _sample(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         generator=gen,
+        shared=shared,
         **options,
     )
-    path = save_samples(out.x, args.out, f"{args.run_dir}: {args.sampler}, NFE {out.nfe}")
+    title = f"{args.run_dir}: {args.sampler}, NFE {out.nfe}"
+    if labels is not None:
+        title += f", class {args.class_label}, scale {args.guidance_scale:g}"
+    cols = args.n // args.groups if shared is not None else 10  # one row per group
+    path = save_samples(out.x, args.out, title, cols=min(cols, 100))
     print(f"wrote {args.n} samples ({out.nfe} evaluations) to {path}")
     return 0
 
@@ -83,7 +111,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     from rediff.evaluation import evaluate_run
 
-    scores = evaluate_run(args.run_dir, args.sampler, args.steps, args.n, args.seed)
+    try:
+        guide = _guide(args)
+    except ValueError as error:
+        raise SystemExit(f"rediff eval: {error}") from None
+    scores = evaluate_run(args.run_dir, args.sampler, args.steps, args.n, args.seed, guide)
     print(Path(args.run_dir, "eval.md").read_text())
     return 0 if scores else 1
 
@@ -106,6 +138,17 @@ def _nll(args: argparse.Namespace) -> int:
     )
     print(Path(args.run_dir, f"nll_{row.method}.md").read_text())
     return 0
+
+
+def _guidance_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="0: unconditional, 1: conditional (default), > 1: guided (classifier-free, or "
+        "with --classifier, classifier guidance)",
+    )
+    parser.add_argument("--classifier", help="a classifier run (loss.kind = 'classifier')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="PNG file to write")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--class", dest="class_label", type=int, help="class label to sample")
+    _guidance_options(sample)
+    sample.add_argument(
+        "--share-noise-until",
+        type=int,
+        help="groups of samples share x_T and the noise of the first K steps",
+    )
+    sample.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="with --share-noise-until: number of groups (one row of the picture each)",
+    )
     sample.set_defaults(func=_sample)
     ev = commands.add_parser("eval", help="score a trained run against its data")
     ev.add_argument("run_dir", help="a run directory written by rediff train")
@@ -151,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=20)
     ev.add_argument("--n", type=int, help="samples (default: 360 for digits, else 5000)")
     ev.add_argument("--seed", type=int, default=0)
+    _guidance_options(ev)
     ev.set_defaults(func=_eval)
     nll = commands.add_parser("nll", help="negative log-likelihood (bits/dim) of a run's data")
     nll.add_argument("run_dir", help="a run directory written by rediff train")

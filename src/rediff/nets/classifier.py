@@ -68,6 +68,11 @@ class NoiseClassifier(nn.Module):
         )
         return cls(**{**config, **overrides})
 
+    @classmethod
+    def cifar10(cls, **overrides) -> NoiseClassifier:
+        """32x32 RGB, ten classes (the encoder of ``UNet.cifar10``)."""
+        return cls(**{**dict(num_classes=10, channels=3, resolution=32), **overrides})
+
     def forward(self, x: Tensor, time: Tensor) -> Tensor:
         check_image(x, self.channels, self.resolution, type(self).__name__)
         emb = self.embed(time)

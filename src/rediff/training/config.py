@@ -82,7 +82,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    kind: str = "denoising"  # denoising | vlb | hybrid | sliced_sm | exact_sm
+    kind: str = "denoising"  # denoising | vlb | hybrid | sliced_sm | exact_sm | classifier
     weighting: str = "simple"
     time_sampler: str = "uniform"
     vlb_weight: float = 1e-3  # hybrid: denoising + vlb_weight * vlb
@@ -100,6 +100,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_half_life: float = 20000.0  # in samples
+    label_dropout: float = 0.0  # class-conditional: this fraction of labels -> NULL_LABEL (CFG)
     checkpoint_every: int = 500
     log_every: int = 50
     sample_every: int = 0  # write samples/step_*.png every this many steps (0: never)

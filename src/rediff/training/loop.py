@@ -30,8 +30,8 @@ from rediff import data, losses, samplers
 from rediff._io import atomic_save_tensors, atomic_write, load_tensors
 from rediff._tensor import Tensor, check_finite
 from rediff.evaluation import draw
-from rediff.model import DiffusionModel
-from rediff.nets import MLP, UNet
+from rediff.model import NULL_LABEL, DiffusionModel, NoisyClassifier
+from rediff.nets import MLP, NoiseClassifier, UNet
 from rediff.plots import save_loss_curve, save_samples
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
@@ -41,9 +41,16 @@ STATE = "train_state.pt"
 LEVELS = {"digits": 17}
 
 
-def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel:
-    """The DiffusionModel a config describes, for data of shape [*dim_or_shape]."""
+def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel | NoisyClassifier:
+    """The model a config describes, for data of shape [*dim_or_shape]: a DiffusionModel, or
+    with ``loss.kind = "classifier"`` a NoisyClassifier (the same net names give the
+    classifier of that size: an MLP, or the encoder half of the UNet preset)."""
     m = config.model
+    if m.net not in NETS:
+        raise ValueError(f"unknown model.net {m.net!r}; valid: {', '.join(map(repr, NETS))}")
+    if config.loss.kind == "classifier":
+        net = _classifier_net(m, dim_or_shape)
+        return NoisyClassifier(net, config.schedule.build(), m.time_input, m.sigma_data)
     common = dict(
         time_scale=m.time_scale,
         num_classes=m.num_classes or None,
@@ -51,22 +58,42 @@ def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel
     )
     if m.net == "mlp":
         net = MLP(math.prod(dim_or_shape), m.width, m.depth, **common)
-    elif m.net in ("unet_digits", "unet_cifar10"):
-        preset = UNet.digits if m.net == "unet_digits" else UNet.cifar10
-        net = preset(dropout=m.dropout, **common)
-        expected = (net.channels, net.resolution, net.resolution)
-        if tuple(dim_or_shape) != expected:
-            raise ValueError(
-                f"model.net = {m.net!r} takes images {list(expected)}, but the data are "
-                f"{list(dim_or_shape)}; pick the matching preset or resize the data"
-            )
     else:
-        raise ValueError(
-            f"unknown model.net {m.net!r}; valid: 'mlp', 'unet_digits', 'unet_cifar10'"
-        )
+        net = NETS[m.net][0](dropout=m.dropout, **common)
+        _check_shape(m.net, net, dim_or_shape)
     return DiffusionModel(
         net, config.schedule.build(), m.target, m.time_input, m.sigma_data, m.learned_variance
     )
+
+
+#: model.net -> (denoiser preset, classifier preset)
+NETS = {
+    "mlp": (MLP, MLP),
+    "unet_digits": (UNet.digits, NoiseClassifier.digits),
+    "unet_cifar10": (UNet.cifar10, NoiseClassifier.cifar10),
+}
+
+
+def _check_shape(name: str, net, dim_or_shape: tuple[int, ...]) -> None:
+    expected = (net.channels, net.resolution, net.resolution)
+    if tuple(dim_or_shape) != expected:
+        raise ValueError(
+            f"model.net = {name!r} takes images {list(expected)}, but the data are "
+            f"{list(dim_or_shape)}; pick the matching preset or resize the data"
+        )
+
+
+def _classifier_net(m, dim_or_shape: tuple[int, ...]):
+    if m.num_classes < 2:
+        raise ValueError(
+            f"loss.kind = 'classifier' needs model.num_classes >= 2, got {m.num_classes}"
+        )
+    if m.net == "mlp":
+        dim = math.prod(dim_or_shape)
+        return MLP(dim, m.width, m.depth, time_scale=m.time_scale, out_features=m.num_classes)
+    net = NETS[m.net][1](num_classes=m.num_classes, dropout=m.dropout, time_scale=m.time_scale)
+    _check_shape(m.net, net, dim_or_shape)
+    return net
 
 
 def build_objective(config: Config) -> losses.Objective:
@@ -188,7 +215,7 @@ def _autocast(config: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _training_view(model: DiffusionModel, config: Config, world: World) -> DiffusionModel:
+def _training_view(model, config: Config, world: World):
     """The model the loss calls: the same parameters with the net compiled and/or wrapped in
     DistributedDataParallel (state dicts and EMA keep using ``model``)."""
     net = model.net
@@ -196,16 +223,7 @@ def _training_view(model: DiffusionModel, config: Config, world: World) -> Diffu
         net = torch.compile(net)
     if world.size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
-    if net is model.net:
-        return model
-    return DiffusionModel(
-        net,
-        model.schedule,
-        model.target,
-        model.time_input,
-        model.sigma_data,
-        model.learned_variance,
-    )
+    return model if net is model.net else model.with_net(net)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
@@ -265,7 +283,9 @@ def _prepare_run(run: Path, config: Config, resume: bool, world: World) -> bool:
     return has_state
 
 
-def load_run(run_dir: str | Path, weights: str = "ema") -> tuple[Config, DiffusionModel]:
+def load_run(
+    run_dir: str | Path, weights: str = "ema"
+) -> tuple[Config, DiffusionModel | NoisyClassifier]:
     """A trained run's config and model (``weights``: 'ema' or 'model'), loaded without
     pickle."""
     run = Path(run_dir)
@@ -291,8 +311,13 @@ def _batch(x, labels, config: Config, objective, schedule, generator, world: Wor
     draws = objective.draw(schedule, x0, generator)
     mine = slice(world.rank * b // world.size, (world.rank + 1) * b // world.size)
     draws = {k: (v[:, mine] if k == "probes" else v[mine]) for k, v in draws.items()}
-    cond = {} if labels is None else {"labels": labels[idx.to(labels.device)][mine]}
-    return x0[mine], draws, cond
+    if labels is None:
+        return x0[mine], draws, {}
+    y = labels[idx.to(labels.device)]
+    if config.train.label_dropout:  # classifier-free guidance's unconditional model
+        dropped = torch.rand(b, generator=generator) < config.train.label_dropout
+        y = torch.where(dropped.to(y.device), NULL_LABEL, y)
+    return x0[mine], draws, {"labels": y[mine]}
 
 
 @torch.no_grad()
@@ -309,6 +334,21 @@ def _sample_grid(ema_model: DiffusionModel, config: Config, shape, run: Path, st
     atomic_write(path, lambda tmp: save_samples(samples, tmp, title))
 
 
+def _check_training(config: Config) -> None:
+    """Refuse combinations of options that cannot train (before a run starts)."""
+    p, classes = config.train.label_dropout, config.model.num_classes
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"train.label_dropout must lie in [0, 1), got {p}")
+    if p and not classes:
+        raise ValueError(
+            "train.label_dropout needs a class-conditional model (model.num_classes > 0)"
+        )
+    if config.loss.kind == "classifier" and p:
+        raise ValueError("a classifier needs every label: set train.label_dropout = 0")
+    if config.loss.kind == "classifier" and config.train.sample_every:
+        raise ValueError("a classifier draws no samples: set train.sample_every = 0")
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -317,7 +357,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     time_limit: float | None = None,
-) -> DiffusionModel:
+) -> DiffusionModel | NoisyClassifier:
     """Train per ``config`` into ``run_dir``; return the EMA model.
 
     ``stop_after`` ends the run after that many total steps, and ``time_limit`` after the
@@ -327,6 +367,7 @@ def train(
     run, t = Path(run_dir), config.train
     device = _process_device(_device(config))
     objective = build_objective(config)
+    _check_training(config)
     _autocast(config, device)  # validates train.precision
     samplers.get(config.sample.sampler)  # validates the sampler of the sample grids
     x, labels = load_data(config)
