@@ -129,3 +129,35 @@ def test_image_grid_places_tiles_row_by_row():
     for i in range(5):
         assert torch.all(tiles[i] == x[i, 0])
     assert torch.all(tiles[5] == -1) and torch.all(grid[2] == 0)
+
+
+def test_guided_and_shared_noise_sampling_from_the_command_line(tmp_path, capsys):
+    """A class-conditional run with label dropout and a classifier run, a few steps each:
+    every guidance option samples, and bad guidance input is a clear error."""
+    model, classifier = tmp_path / "cfg", tmp_path / "cls"
+    short = ["--set", "train.steps=3", "--set", "train.sample_every=0"]
+    assert main(["train", "configs/digits_cfg.toml", "--run-dir", str(model), *short]) == 0
+    assert (
+        main(["train", "configs/digits_classifier.toml", "--run-dir", str(classifier), *short]) == 0
+    )
+    out = tmp_path / "s.png"
+    common = [str(model), "--steps", "3", "--n", "8", "--out", str(out)]
+    for extra in (
+        ["--class", "3", "--guidance-scale", "2.5"],
+        ["--class", "3", "--guidance-scale", "2", "--classifier", str(classifier)],
+        ["--share-noise-until", "2", "--groups", "2"],
+    ):
+        assert main(["sample", *common, *extra]) == 0
+        assert out.is_file()
+        out.unlink()
+    for extra, message in (
+        (["--class", "10"], r"class labels must lie in \[0, 9\]"),
+        (["--class", "1", "--guidance-scale", "inf"], "finite number"),
+        (["--guidance-scale", "2"], "needs class labels"),
+        (["--share-noise-until", "2", "--groups", "3"], "must divide the number of samples"),
+        (["--class", "1", "--classifier", str(model)], "is not a classifier run"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            main(["sample", *common, *extra])
+    assert main(["eval", str(classifier)]) == 0
+    assert "accuracy at noise level" in capsys.readouterr().out

@@ -79,24 +79,22 @@ def _sample(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.run_dir} is a classifier; pass it as --classifier to a model")
     x, _ = load_data(config)
     labels = None if args.class_label is None else torch.full((args.n,), args.class_label)
+    shared = None
     try:
         den = steered(model, config, labels, _guide(args))
-        shared = None
         if args.share_noise_until is not None:
             shared = rediff.SharedNoise(args.share_noise_until, args.groups)
-    except ValueError as error:
+        out = rediff.sample(
+            den,
+            (args.n, *x.shape[1:]),
+            sampler=args.sampler,
+            steps=args.steps,
+            generator=torch.Generator().manual_seed(args.seed),
+            shared=shared,
+            **config.sampler_options(args.sampler),
+        )
+    except ValueError as error:  # bad options: a message, not a traceback
         raise SystemExit(f"rediff sample: {error}") from None
-    gen = torch.Generator().manual_seed(args.seed)
-    options = config.sampler_options(args.sampler)
-    out = rediff.sample(
-        den,
-        (args.n, *x.shape[1:]),
-        sampler=args.sampler,
-        steps=args.steps,
-        generator=gen,
-        shared=shared,
-        **options,
-    )
     title = f"{args.run_dir}: {args.sampler}, NFE {out.nfe}"
     if labels is not None:
         title += f", class {args.class_label}, scale {args.guidance_scale:g}"
