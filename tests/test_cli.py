@@ -41,7 +41,10 @@ def test_demo_trains_samples_and_summarises(tmp_path, monkeypatch, capsys):
         assert (out / f"{name}_samples.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "runs" / name / "loss.png").is_file()
     summary = (out / "summary.md").read_text()
-    assert summary.count("| toy_2d |") == 4 and summary.count("| digits |") == 2
+    assert summary.count("| toy_2d |") == 4 and summary.count("| digits |") == 4
+    assert summary.count("| digits, CFG scale") == 2 * len(demo.GUIDANCE_SCALES)
+    for picture in ("guided_digits.png", "inpainted_digits.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG"
     assert "Frechet distance" in summary and summary in capsys.readouterr().out
     assert main(["demo", "--out", str(out)]) == 0  # a second run reuses the finished runs
 

@@ -6,10 +6,15 @@ Writes into one folder:
 - ``log_snr.png``: the log-SNR curve of every schedule (and EDM's against its noise level);
 - ``samplers_2d.png``: samples of an eight-Gaussian mixture drawn with its exact denoiser by
   several samplers at 5, 10 and 20 evaluations, beside exact samples;
-- ``runs/toy_2d`` and ``runs/digits``: a 2-D model and a digits model trained on the CPU from
-  the shipped configs (shortened), each sampled with three samplers into
-  ``toy_2d_samples.png`` and ``digits_samples.png``, scored (sliced Wasserstein and energy
-  distance / Frechet distance, each beside its real-data floor) in ``summary.md``.
+- ``runs/toy_2d`` and ``runs/digits``: a 2-D model and a class-conditional digits model
+  (label dropout, so it is its own unconditional model) trained on the CPU from the shipped
+  configs (shortened), each sampled with three samplers into ``toy_2d_samples.png`` and
+  ``digits_samples.png``, scored (sliced Wasserstein and energy distance / Frechet distance
+  and class accuracy, each beside its real-data floor) in ``summary.md``;
+- ``guided_digits.png``: the digits model with classifier-free guidance at scales 0, 1, 2
+  and 4 (one row per class), its accuracy and Frechet distance in ``summary.md``;
+- ``inpainted_digits.png``: held-out digits with their lower half hidden, filled in by DDPM
+  with and without RePaint resampling.
 """
 
 from __future__ import annotations
@@ -171,7 +176,7 @@ class DemoRun:
 
 DEMO_RUNS = {
     "toy_2d": DemoRun("toy_2d.toml", 2000, (("ddpm", 100), ("ddim", 20), ("dpm++2m", 10))),
-    "digits": DemoRun("digits_ddpm.toml", 1500, (("ddpm", 100), ("ddim", 50), ("dpm++2m", 20))),
+    "digits": DemoRun("digits_cfg.toml", 1500, (("ddpm", 100), ("ddim", 50), ("dpm++2m", 20))),
 }
 
 
@@ -223,6 +228,88 @@ def sample_demo_run(name: str, run: Path, out: Path, seed: int) -> tuple[Path, l
     return path, rows
 
 
+#: classifier-free guidance scales shown by the demo (and benchmarks/guidance.py)
+GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0)
+
+
+def plot_guided_digits(run: Path, out: Path, seed: int) -> tuple[Path, list[str]]:
+    """Classifier-free guidance of the digits run at ``GUIDANCE_SCALES``: one panel per scale
+    (row k: class k), accuracy and Frechet distance of 360 samples per scale."""
+    from rediff.training import load_run
+
+    config, model = load_run(run)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(GUIDANCE_SCALES), figsize=(3.4 * len(GUIDANCE_SCALES), 3.8))
+    rows = []
+    for ax, scale in zip(axes, GUIDANCE_SCALES, strict=True):
+        gen = torch.Generator().manual_seed(seed)
+        guide = evaluation.Guide(scale)
+        x, labels, nfe = evaluation.draw(
+            model, config, (1, 8, 8), data.digits.HELD_OUT, "dpm++2m", 20, gen, guide
+        )
+        fd, accuracy = evaluation.score(config, None, x, labels, seed)
+        rows.append(
+            f"| digits, CFG scale {scale:g} | dpm++2m | {nfe} | {fd.name} | "
+            f"{fd.value:.4g} | {fd.floor:.4g} |"
+        )
+        rows.append(
+            f"| digits, CFG scale {scale:g} | dpm++2m | {nfe} | {accuracy.name} | "
+            f"{accuracy.value:.4g} | {accuracy.floor:.4g} |"
+        )
+        order = torch.argsort(labels[:100], stable=True)  # row k: class k
+        ax.imshow(image_grid(x[:100][order], 10), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(f"scale {scale:g}: accuracy {accuracy.value:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(
+        "classifier-free guidance (0: unconditional, 1: conditional), row k: class k", fontsize=9
+    )
+    fig.tight_layout()
+    path = out / "guided_digits.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, rows
+
+
+def plot_inpainted_digits(run: Path, out: Path, seed: int) -> Path:
+    """Ten held-out digits with the lower half hidden, filled in by DDPM (100 steps) by
+    replacement, without and with RePaint resampling (5 passes, jumps of 10 steps)."""
+    from rediff.guidance import inpaint
+    from rediff.training import load_run
+
+    _, model = load_run(run)
+    x, _ = data.digits_split("held_out")
+    x = x[:10]
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[..., :4, :] = True  # the upper half is known
+    shown = {"original": x, "known part": torch.where(mask, x, torch.full_like(x, -1.0))}
+    for label, resampling in (("replacement", None), ("+ resampling", rediff.Resampling(5, 10))):
+        gen = torch.Generator().manual_seed(seed)
+        filled = inpaint(
+            model,
+            x,
+            mask,
+            sampler="ddpm",
+            steps=100,
+            generator=gen,
+            resampling=resampling,
+            progress=False,
+        )
+        shown[f"{label} ({filled.nfe} NFE)"] = filled.x
+    plt = pyplot()
+    fig, axes = plt.subplots(len(shown), 1, figsize=(6, 1.0 * len(shown) + 0.6))
+    for ax, (label, images) in zip(axes, shown.items(), strict=True):
+        ax.imshow(image_grid(images, 10), cmap="gray", vmin=-1, vmax=1)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("inpainting: the lower half of held-out digits filled in", fontsize=9)
+    fig.tight_layout()
+    path = out / "inpainted_digits.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_summary(out: Path, rows: list[str], seconds: dict[str, float]) -> Path:
     """summary.md: what the demo measured, one row per run, sampler and metric."""
     lines = [
@@ -264,5 +351,9 @@ def run(out_dir: str | Path, seed: int = 0, train_models: bool = True) -> list[P
         figure, run_rows = sample_demo_run(name, run_dir, out, seed)
         paths += [figure, run_dir / "loss.png"]
         rows += run_rows
+        if name == "digits":
+            figure, guided_rows = plot_guided_digits(run_dir, out, seed)
+            paths += [figure, plot_inpainted_digits(run_dir, out, seed)]
+            rows += guided_rows
     paths.append(write_summary(out, rows, seconds))
     return paths
