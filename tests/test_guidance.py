@@ -277,3 +277,39 @@ def test_bad_guidance_input_is_refused(mixture):
         rediff.SharedNoise(-1)
     with pytest.raises(ValueError, match="times must be an int >= 1"):
         rediff.Resampling(0)
+
+
+@pytest.mark.parametrize("sampler", sorted(rediff.samplers.REGISTRY))
+def test_every_sampler_takes_guided_and_inpainting_denoisers(mixture, sampler):
+    """Guidance and inpainting are Denoisers: each registered sampler runs them unchanged."""
+    den = mixture.denoiser(SCHEDULES["linear_vp"])
+    labels = torch.arange(6) % 3
+    g = torch.Generator().manual_seed(0)
+    for guided in (
+        guidance.classifier_free(den, labels, 2.0),
+        guidance.classifier(den, den.log_classifier, labels, 2.0),
+    ):
+        x = rediff.sample(guided, (6, 2), sampler=sampler, steps=6, generator=g, dtype=F64).x
+        assert torch.isfinite(x).all()
+    values, mask = torch.full((6, 2), 1.5, dtype=F64), torch.tensor([True, False])
+    out = guidance.inpaint(den, values, mask, sampler=sampler, steps=6, generator=g)
+    assert torch.isfinite(out.x).all() and torch.equal(out.x[:, 0], values[:, 0])
+
+
+def test_known_noise_fixed_is_smooth_in_t_and_fresh_is_not(mixture):
+    den = mixture.denoiser(SCHEDULES["linear_vp"])
+    x, values, mask = (
+        torch.zeros(4, 2, dtype=F64),
+        torch.ones(4, 2, dtype=F64),
+        torch.tensor([True, False]),
+    )
+    g = torch.Generator().manual_seed(0)
+    fixed = guidance.Inpainting(den, values, mask, g, noise="fixed")
+    fresh = guidance.Inpainting(den, values, mask, g)
+    assert torch.equal(fixed(x, 0.5), fixed(x, 0.5))
+    assert not torch.equal(fresh(x, 0.5), fresh(x, 0.5))
+    # the adaptive solver gets the fixed noise by default, and takes few steps with it
+    out = guidance.inpaint(den, values, mask, sampler="ode", steps=4, generator=g)
+    assert out.nfe < 500, out.nfe
+    with pytest.raises(ValueError, match="unknown known-part noise 'stale'"):
+        guidance.Inpainting(den, values, mask, g, noise="stale")

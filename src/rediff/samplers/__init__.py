@@ -34,13 +34,15 @@ from rediff.samplers.unipc import unipc
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered sampler: its function, fixed options, evaluations per grid step, and the
-    grid spacing it is used with by default (EDM's Heun: Karras; the rest: log-SNR)."""
+    """A registered sampler: its function, fixed options, evaluations per grid step, the
+    grid spacing it is used with by default (EDM's Heun: Karras; the rest: log-SNR), and
+    whether it chooses its own steps (an adaptive solver needs a denoiser smooth in t)."""
 
     function: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
     evals_per_step: int = 1
     spacing: str = "logsnr"
+    adaptive: bool = False
 
 
 REGISTRY: dict[str, Entry] = {
@@ -51,7 +53,7 @@ REGISTRY: dict[str, Entry] = {
     "euler_maruyama": Entry(euler_maruyama),
     "pc": Entry(predictor_corrector, evals_per_step=2),
     "annealed_langevin": Entry(annealed_langevin, evals_per_step=5),
-    "ode": Entry(ode),
+    "ode": Entry(ode, adaptive=True),
     "dpm_solver1": Entry(dpm_solver, {"order": 1}),
     "dpm_solver2": Entry(dpm_solver, {"order": 2}, evals_per_step=2),
     "dpm_solver3": Entry(dpm_solver, {"order": 3}, evals_per_step=3),
