@@ -80,7 +80,7 @@ def test_train_then_sample_from_the_command_line(tmp_path, capsys):
         "config.toml",
         "model.safetensors",
         "ema.safetensors",
-        "train_state.pt",
+        "checkpoints",
         "metrics.csv",
         "loss.png",
     } <= {p.name for p in run.iterdir()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,13 +101,18 @@ def test_existing_runs_are_protected(tmp_path):
     run = tmp_path / "run"
     config = load_config(None, [*SMALL, "train.steps=10"])
     train(config, run, progress=False)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = snapshot(run)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(config, run, progress=False)
     other = load_config(None, [*SMALL, "train.steps=10", "train.lr=1e-4"])
     with pytest.raises(ValueError, match="different config"):
         train(other, run, resume=True, progress=False)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert snapshot(run) == before
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    """Every file under a run directory, by relative path."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
 
 def _params(run):
@@ -114,9 +120,11 @@ def _params(run):
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    """Two gloo processes, each on half of the global batch, end where one process ends."""
+    """Two gloo processes, each on half of the global batch, end where one process ends; a
+    checkpoint the two wrote half-way resumes on one process to the same end."""
     config = tmp_path / "small.toml"
-    config.write_text(to_toml(load_config(None, [*SMALL, "train.steps=8", "train.batch_size=64"])))
+    overrides = [*SMALL, "train.steps=8", "train.batch_size=64", "train.checkpoint_every=4"]
+    config.write_text(to_toml(load_config(None, overrides)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rediff_cli = [sys.executable, "-m", "rediff", "train", str(config), "--run-dir"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -144,6 +152,16 @@ def test_torchrun_two_processes_match_one(tmp_path):
         one["net.out.2.weight"],
         build_model(load_config(config), (2,)).state_dict()["net.out.2.weight"],
     )
+    # the run as two processes left it at step 4, resumed by one process
+    half = tmp_path / "half"
+    shutil.copytree(
+        tmp_path / "two" / "checkpoints" / "step_0000004", half / "checkpoints" / "step_0000004"
+    )
+    shutil.copy(tmp_path / "two" / "config.toml", half / "config.toml")
+    subprocess.run([*rediff_cli, str(half), "--resume"], check=True, env=env)
+    resumed = _params(half)
+    for key in one:
+        torch.testing.assert_close(resumed[key], one[key], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -223,11 +241,12 @@ def test_resume_refuses_weights_from_another_model_without_changing_files(tmp_pa
     config = load_config(None, [*SMALL, "train.steps=4"])
     train(config, run, progress=False, stop_after=2)
     train(load_config(None, [*SMALL, "train.steps=4", "model.width=32"]), other, progress=False)
-    (run / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    # a valid checkpoint of another model, newer than the run's own
+    shutil.copytree(other / "checkpoints" / "step_0000004", run / "checkpoints" / "step_0000004")
+    before = snapshot(run)
     with pytest.raises(ValueError, match="does not fit the run's config"):
         train(config, run, resume=True, progress=False)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert snapshot(run) == before
 
 
 def test_label_dropout_replaces_that_fraction_by_the_null_label():

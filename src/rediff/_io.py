@@ -1,13 +1,17 @@
-"""Safe files: safetensors written atomically (write, fsync, rename), read without pickle."""
+"""Safe files: safetensors written atomically (write, fsync, rename) with a checksum of their
+tensors in the metadata, read without pickle and verified."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from rediff._tensor import Tensor
 
@@ -37,17 +41,53 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that renames inside it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+CHECKSUM = "rediff.sha256"
+
+
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def atomic_save_tensors(
     tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write ``tensors`` to ``path`` as safetensors, atomically (``atomic_write``)."""
+    """Write ``tensors`` to ``path`` as safetensors, atomically (``atomic_write``), with their
+    ``tensors_digest`` in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), CHECKSUM: tensors_digest(tensors)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata))
 
 
 def load_tensors(path: str | Path) -> dict[str, Tensor]:
-    """Read a safetensors file (no code execution is possible)."""
+    """Read a safetensors file (no code execution is possible) and check it against the
+    checksum in its metadata: a corrupt or truncated file is a ValueError, never data."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    return load_file(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(
+            f"{path} is not a readable safetensors file (truncated?): {error}"
+        ) from None
+    expected = metadata.get(CHECKSUM)
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise ValueError(f"{path} does not match its checksum: the file is corrupt")
+    return tensors

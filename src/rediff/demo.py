@@ -190,7 +190,7 @@ def train_demo_run(name: str, out: Path, progress: bool = True) -> tuple[Path, f
     config = load_config(Path(str(path)), [f"train.steps={spec.steps}"])
     run = out / "runs" / name
     start = time.perf_counter()
-    train(config, run, resume=(run / "train_state.pt").is_file(), progress=progress)
+    train(config, run, resume=(run / "checkpoints").is_dir(), progress=progress)
     return run, time.perf_counter() - start
 
 

@@ -38,14 +38,18 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rediff.training import load_config, train
+    from rediff.training import TrainingInterruptedError, load_config, train
 
     config = load_config(args.config, args.set)
     run = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     first = os.environ.get("RANK", "0") == "0"  # one line per run under torchrun
     if first:
         print(f"rediff train: {args.config} -> {run}", flush=True)
-    train(config, run, resume=args.resume)
+    try:
+        train(config, run, resume=args.resume)
+    except TrainingInterruptedError as stop:
+        print(f"rediff train: {stop}", file=sys.stderr, flush=True)
+        return stop.exit_code
     if first:
         print(f"done: weights, metrics.csv and loss.png are in {run}/")
     return 0

@@ -2,11 +2,19 @@
 
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
-from rediff.training.loop import build_model, build_objective, load_data, load_run, train
+from rediff.training.loop import (
+    TrainingInterruptedError,
+    build_model,
+    build_objective,
+    load_data,
+    load_run,
+    train,
+)
 
 __all__ = [
     "EMA",
     "Config",
+    "TrainingInterruptedError",
     "build_model",
     "build_objective",
     "load_config",

@@ -102,6 +102,7 @@ class TrainConfig:
     ema_half_life: float = 20000.0  # in samples
     label_dropout: float = 0.0  # class-conditional: this fraction of labels -> NULL_LABEL (CFG)
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # checkpoint directories kept (the newest valid one resumes)
     log_every: int = 50
     sample_every: int = 0  # write samples/step_*.png every this many steps (0: never)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda

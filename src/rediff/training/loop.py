@@ -1,11 +1,13 @@
 """The training loop: data -> objective -> AdamW (warm-up, clipping) -> EMA, with a run
 directory that survives interruption, on one process or many (torchrun).
 
-Run directory: ``config.toml``, ``model.safetensors``, ``ema.safetensors``,
-``train_state.pt`` (optimizer state, step, RNG states; loaded with ``weights_only=True``),
-``metrics.csv``, ``samples/step_*.png`` (every ``train.sample_every`` steps) and ``loss.png``.
-Every file is written atomically, and one torch.Generator drives data order, times, noise and
-probes, so a resumed run continues exactly where it stopped.
+Run directory: ``config.toml``, ``model.safetensors`` and ``ema.safetensors`` (the latest
+weights), ``checkpoints/step_*/`` (the last ``train.keep_checkpoints``: weights,
+``train_state.pt`` with optimizer state, step and RNG states, and a manifest of checksums; see
+``rediff.training.checkpoint``), ``metrics.csv``, ``samples/step_*.png`` (every
+``train.sample_every`` steps) and ``loss.png``. Every file is written atomically, and one
+torch.Generator drives data order, times, noise and probes, so a resumed run continues
+exactly where it stopped.
 
 Under ``torchrun --nproc_per_node N`` every process draws the same global batch and its random
 inputs from that generator and trains on its own contiguous 1/N of it; DistributedDataParallel
@@ -19,6 +21,9 @@ import contextlib
 import csv
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +32,16 @@ import torch
 from tqdm.auto import tqdm
 
 from rediff import data, losses, samplers
-from rediff._io import atomic_save_tensors, atomic_write, load_tensors
+from rediff._io import atomic_write, load_tensors
 from rediff._tensor import Tensor, check_finite
 from rediff.evaluation import draw
 from rediff.model import NULL_LABEL, DiffusionModel, NoisyClassifier
 from rediff.nets import MLP, NoiseClassifier, UNet
 from rediff.plots import save_loss_curve, save_samples
+from rediff.training import checkpoint
 from rediff.training.config import Config, load_config, to_toml
 from rediff.training.ema import EMA
 
-STATE = "train_state.pt"
 #: grey levels of each data kind's pixels (the VLB decoder's grid)
 LEVELS = {"digits": 17}
 
@@ -229,16 +234,18 @@ def _training_view(model, config: Config, world: World):
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
-def _save(run: Path, model, ema: EMA, optimizer, step: int, generator) -> None:
-    atomic_save_tensors(model.state_dict(), run / "model.safetensors")
-    atomic_save_tensors(ema.model.state_dict(), run / "ema.safetensors")
+def _save(run: Path, model, ema: EMA, optimizer, step: int, generator, keep: int) -> None:
+    """A checkpoint directory (``rediff.training.checkpoint``), then the run's top-level
+    ``model.safetensors`` and ``ema.safetensors`` (what ``load_run`` and users read)."""
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
     }
-    atomic_write(run / STATE, lambda tmp: torch.save(state, tmp))
+    saved = checkpoint.save(run, step, model.state_dict(), ema.model.state_dict(), state, keep)
+    for name in ("model.safetensors", "ema.safetensors"):
+        atomic_write(run / name, lambda tmp, name=name: shutil.copyfile(saved / name, tmp))
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -252,15 +259,18 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) -> int:
+    """Continue from the newest valid checkpoint (newer corrupt ones are skipped with a
+    warning); returns its step."""
     saved = load_config(run / "config.toml")
     if saved != config:
         raise ValueError(
             f"{run} holds a run with a different config; resume with the same config (see "
             f"{run / 'config.toml'}) or start a new run directory"
         )
-    _load_weights(model, run / "model.safetensors")
-    _load_weights(ema.model, run / "ema.safetensors")
-    state = torch.load(run / STATE, weights_only=True, map_location="cpu")
+    latest = checkpoint.latest(run)
+    _load_weights(model, latest / "model.safetensors")
+    _load_weights(ema.model, latest / "ema.safetensors")
+    state = checkpoint.load_state(latest)
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
@@ -270,7 +280,7 @@ def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) ->
 def _prepare_run(run: Path, config: Config, resume: bool, world: World) -> bool:
     """Create the run directory; True if there is a checkpoint to resume from. Refuses to
     overwrite an existing run unless resuming, before any file is changed."""
-    has_state = (run / STATE).is_file()
+    has_state = bool(checkpoint.steps(run))
     if has_state and not resume:
         raise FileExistsError(
             f"{run} already holds a run; pass resume=True (--resume) or use a new folder"
@@ -334,9 +344,47 @@ def _sample_grid(ema_model: DiffusionModel, config: Config, shape, run: Path, st
     atomic_write(path, lambda tmp: save_samples(samples, tmp, title))
 
 
+class TrainingInterruptedError(RuntimeError):
+    """Training stopped on SIGTERM or SIGINT, after writing a checkpoint of the last step."""
+
+    def __init__(self, signal_name: str, step: int, run: Path) -> None:
+        super().__init__(
+            f"{signal_name} received: stopped at step {step} with a checkpoint in {run}; "
+            "continue with --resume"
+        )
+        self.signal_name, self.step = signal_name, step
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+
+
+class _Signals:
+    """Remembers SIGTERM / SIGINT during training instead of dying mid-step (only in the main
+    thread, where Python can handle signals); the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def _check_training(config: Config) -> None:
     """Refuse combinations of options that cannot train (before a run starts)."""
     p, classes = config.train.label_dropout, config.model.num_classes
+    if config.train.keep_checkpoints < 1:
+        raise ValueError(
+            f"train.keep_checkpoints must be >= 1, got {config.train.keep_checkpoints}"
+        )
     if not 0.0 <= p < 1.0:
         raise ValueError(f"train.label_dropout must lie in [0, 1), got {p}")
     if p and not classes:
@@ -396,40 +444,47 @@ def train(
         writer.writerow(["step", "loss", "lr", "samples_per_s"])
     bar = tqdm(total=last, initial=step, desc="train", disable=not (progress and world.writes))
     clock, seen = time.perf_counter(), 0
-    while step < last:
-        x0, draws, cond = _batch(x, labels, config, objective, model.schedule, generator, world)
-        lr = t.lr * min(1.0, (step + 1) / max(t.warmup, 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with _autocast(config, device):
-            loss = objective(view, x0, draws, **cond)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {float(loss)} at step {step}; the last checkpoint is kept. Lower "
-                "train.lr or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        ema.update(model, t.batch_size)
-        step, seen = step + 1, seen + t.batch_size
-        if time_limit is not None and world.stop(time.perf_counter() - clock >= time_limit):
-            last = step
-        if step % t.log_every == 0 or step == last:
-            value, rate = world.mean(loss.detach()), seen / max(time.perf_counter() - clock, 1e-9)
-            if writer:
-                writer.writerow([step, f"{value:.6g}", f"{lr:.3g}", f"{rate:.1f}"])
-                log.flush()
-            bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}")
-        if world.writes and t.sample_every and step % t.sample_every == 0:
-            _sample_grid(ema.model, config, tuple(x.shape[1:]), run, step)
-        if world.writes and (step % t.checkpoint_every == 0 or step == last):
-            _save(run, model, ema, optimizer, step, generator)
-        bar.update(1)
+    with _Signals() as signals:
+        while step < last:
+            x0, draws, cond = _batch(x, labels, config, objective, model.schedule, generator, world)
+            lr = t.lr * min(1.0, (step + 1) / max(t.warmup, 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(config, device):
+                loss = objective(view, x0, draws, **cond)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {float(loss)} at step {step}; the last checkpoint is kept. Lower "
+                    "train.lr or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            ema.update(model, t.batch_size)
+            step, seen = step + 1, seen + t.batch_size
+            timed_out = time_limit is not None and time.perf_counter() - clock >= time_limit
+            if world.stop(timed_out or signals.received is not None):
+                last = step
+            if step % t.log_every == 0 or step == last:
+                value, rate = (
+                    world.mean(loss.detach()),
+                    seen / max(time.perf_counter() - clock, 1e-9),
+                )
+                if writer:
+                    writer.writerow([step, f"{value:.6g}", f"{lr:.3g}", f"{rate:.1f}"])
+                    log.flush()
+                bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.0f}")
+            if world.writes and t.sample_every and step % t.sample_every == 0:
+                _sample_grid(ema.model, config, tuple(x.shape[1:]), run, step)
+            if world.writes and (step % t.checkpoint_every == 0 or step == last):
+                _save(run, model, ema, optimizer, step, generator, t.keep_checkpoints)
+            bar.update(1)
     bar.close()
     if log:
         log.close()
         save_loss_curve(run / "metrics.csv", run / "loss.png")
     world.barrier()
+    if signals.received is not None:
+        raise TrainingInterruptedError(signals.received, step, run)
     return ema.model

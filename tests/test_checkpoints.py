@@ -1,0 +1,160 @@
+"""Fault tolerance: checkpoints are verified, corrupt ones skipped, pickled code never runs,
+and a run killed or stopped by a signal resumes to the parameters of an unbroken run."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rediff._io import load_tensors
+from rediff.training import checkpoint as ckpt
+from rediff.training import load_config, load_run, to_toml, train
+
+SMALL = [
+    "data.name='moons'",
+    "data.n=2000",
+    "model.width=32",
+    "model.depth=2",
+    "train.batch_size=64",
+    "train.warmup=5",
+    "train.log_every=5",
+    "train.ema_half_life=500",
+]
+
+
+def run_to(tmp_path: Path, name: str, steps: int, **kwargs) -> Path:
+    config = load_config(None, [*SMALL, f"train.steps={steps}", "train.checkpoint_every=5"])
+    train(config, tmp_path / name, progress=False, **kwargs)
+    return tmp_path / name
+
+
+def assert_same_parameters(a: Path, b: Path) -> None:
+    pa, pb = load_tensors(a / "model.safetensors"), load_tensors(b / "model.safetensors")
+    assert pa.keys() == pb.keys()
+    for key in pa:
+        assert torch.equal(pa[key], pb[key]), key
+
+
+def test_checkpoints_are_directories_with_a_manifest_and_the_last_ones_are_kept(tmp_path):
+    run = run_to(tmp_path, "run", 20)
+    assert [p.name for p in ckpt.steps(run)] == ["step_0000015", "step_0000020"]
+    manifest = json.loads((run / "checkpoints" / "step_0000020" / "manifest.json").read_text())
+    assert manifest["step"] == 20 and set(manifest["sha256"]) == set(ckpt.FILES)
+    assert not list((run / "checkpoints").glob(".*"))  # no temporary directory left
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
+    full = run_to(tmp_path, "full", 20)
+    run = run_to(tmp_path, "run", 20, stop_after=12)  # checkpoints at 10 and 12
+    newest = run / "checkpoints" / "step_0000012" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-3] ^= 0xFF  # damage in the weights
+    newest.write_bytes(bytes(data))
+    assert "does not match its checksum" in ckpt.problem(newest.parent)
+    config = load_config(run / "config.toml")
+    with pytest.warns(UserWarning, match=r"skipping checkpoint .*step_0000012"):
+        train(config, run, resume=True, progress=False)
+    assert_same_parameters(run, full)  # resumed from step 10: the same end
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_weights_are_never_loaded_silently(tmp_path, damage):
+    run = run_to(tmp_path, "run", 5)
+    path = run / "ema.safetensors"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(data[:-8] + bytes(b ^ 0x55 for b in data[-8:]))
+    with pytest.raises(ValueError, match=r"truncated|corrupt"):
+        load_run(run)
+    state = run / "checkpoints" / "step_0000005" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match="no valid checkpoint"):
+        train(load_config(run / "config.toml"), run, resume=True, progress=False)
+
+
+class _Payload:
+    """Unpickling this runs ``touch`` on a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_crafted_to_run_code_does_not_run_it(tmp_path):
+    run = run_to(tmp_path, "run", 5)
+    marker = tmp_path / "pwned"
+    latest = run / "checkpoints" / "step_0000005"
+    with open(latest / "train_state.pt", "wb") as f:
+        pickle.dump({"step": _Payload(marker)}, f)
+    manifest = json.loads((latest / "manifest.json").read_text())  # the attacker fixes it too
+    manifest["sha256"]["train_state.pt"] = ckpt.sha256(latest / "train_state.pt")
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not a plain training state"):
+        train(load_config(run / "config.toml"), run, resume=True, progress=False)
+    assert not marker.exists()
+
+
+def _train_process(config: Path, run: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "rediff", "train", str(config), "--run-dir", str(run)]
+    return subprocess.Popen([*command, *extra], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until(condition, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline and process.poll() is None, "training stalled"
+        time.sleep(0.02)
+
+
+def _logged_steps(run: Path) -> int:
+    path = run / "metrics.csv"
+    return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
+
+
+def test_sigkill_at_a_random_step_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
+    config = tmp_path / "small.toml"
+    overrides = [*SMALL, "train.steps=60", "train.checkpoint_every=3", "train.keep_checkpoints=3"]
+    config.write_text(to_toml(load_config(None, overrides)))
+    assert _train_process(config, tmp_path / "full").wait() == 0  # same threads as the rest
+    run = tmp_path / "run"
+    process = _train_process(config, run)
+    kill_after = random.Random(0).randrange(3, 40)  # logged steps: every 5
+    _wait_until(lambda: _logged_steps(run) * 5 >= kill_after, process)
+    process.kill()
+    process.communicate()
+    assert int(ckpt.latest(run).name[5:]) < 60  # killed mid-run
+    assert _train_process(config, run, "--resume").wait() == 0
+    assert_same_parameters(run, tmp_path / "full")
+
+
+def test_sigterm_writes_a_checkpoint_and_resumes(tmp_path):
+    config = tmp_path / "small.toml"
+    overrides = [*SMALL, "train.steps=400", "train.checkpoint_every=1000"]
+    config.write_text(to_toml(load_config(None, overrides)))
+    run = tmp_path / "run"
+    process = _train_process(config, run)
+    _wait_until(lambda: _logged_steps(run) >= 2, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM received: stopped at step" in err and "--resume" in err
+    stopped = ckpt.latest(run)
+    assert stopped is not None and 10 <= int(stopped.name[5:]) < 400  # not a scheduled one
+    assert _train_process(config, run, "--resume").wait() == 0
+    assert _train_process(config, tmp_path / "full").wait() == 0
+    assert_same_parameters(run, tmp_path / "full")
