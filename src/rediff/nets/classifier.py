@@ -15,7 +15,7 @@ from torch import nn
 
 from rediff._tensor import Tensor
 from rediff.nets.embedding import TimeEmbedding
-from rediff.nets.unet import _norm, check_image, down_path, encode, middle
+from rediff.nets.unet import DIGITS, _norm, check_image, down_path, encode, middle
 
 
 class NoiseClassifier(nn.Module):
@@ -56,17 +56,7 @@ class NoiseClassifier(nn.Module):
     @classmethod
     def digits(cls, **overrides) -> NoiseClassifier:
         """8x8 single-channel digits, ten classes (the encoder of ``UNet.digits``)."""
-        config = dict(
-            num_classes=10,
-            channels=1,
-            resolution=8,
-            ch=32,
-            ch_mult=(1, 2),
-            num_res_blocks=1,
-            attn_resolutions=(4,),
-            groups=8,
-        )
-        return cls(**{**config, **overrides})
+        return cls(**{"num_classes": 10, **DIGITS, **overrides})
 
     @classmethod
     def cifar10(cls, **overrides) -> NoiseClassifier:

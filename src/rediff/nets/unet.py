@@ -17,6 +17,17 @@ from torch import nn
 from rediff._tensor import Tensor
 from rediff.nets.embedding import TimeEmbedding
 
+#: the 8x8 digits architecture (shared by ``UNet.digits`` and ``NoiseClassifier.digits``)
+DIGITS = dict(
+    channels=1,
+    resolution=8,
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    groups=8,
+)
+
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(groups, channels), channels)
@@ -183,17 +194,7 @@ class UNet(nn.Module):
     @classmethod
     def digits(cls, **overrides) -> UNet:
         """8x8 single-channel digits: ch 32, levels 8 -> 4, attention at 4, ~0.6M parameters."""
-        config = dict(
-            channels=1,
-            resolution=8,
-            ch=32,
-            ch_mult=(1, 2),
-            num_res_blocks=1,
-            attn_resolutions=(4,),
-            dropout=0.0,
-            groups=8,
-        )
-        return cls(**{**config, **overrides})
+        return cls(**{**DIGITS, "dropout": 0.0, **overrides})
 
     @classmethod
     def cifar10(cls, **overrides) -> UNet:
