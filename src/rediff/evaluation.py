@@ -254,11 +254,12 @@ def classifier_scores(classifier: NoisyClassifier, x: Tensor, labels: Tensor, se
     for fraction in CLASSIFIER_TIMES:
         t = torch.full((x.shape[0],), s.t_min + fraction * (s.t_max - s.t_min), dtype=torch.float64)
         x_t = s.marginal(x, t, torch.randn(x.shape, generator=gen, dtype=x.dtype))
-        right = classifier.logits(x_t, t).argmax(1).cpu() == labels.cpu()
+        logits = classifier.logits(x_t, t)
+        right = logits.argmax(1).cpu() == labels.cpu()
         level = float(s.noise_level(t[0]))
-        chance = 1.0 / classifier.logits(x_t[:1], t[:1]).shape[1]
+        accuracy = float(right.double().mean())
         scores.append(
-            Score(f"accuracy at noise level {level:.3g}", float(right.double().mean()), chance)
+            Score(f"accuracy at noise level {level:.3g}", accuracy, 1.0 / logits.shape[1])
         )
     return scores
 

@@ -263,6 +263,7 @@ def inpaint(
     values: Tensor,
     mask: Tensor,
     *,
+    sampler: str = "dpm++2m",
     generator: torch.Generator | None = None,
     resampling: Resampling | None = None,
     noise: KnownNoise | str | None = None,
@@ -274,12 +275,13 @@ def inpaint(
     known values exactly where mask is 1. ``noise`` defaults to ``"fixed"`` for adaptive
     samplers and ``"fresh"`` for the others."""
     if noise is None:
-        adaptive = samplers.get(sample_options.get("sampler", "dpm++2m")).adaptive
+        adaptive = samplers.get(sampler).adaptive
         noise = KnownNoise.FIXED if adaptive else KnownNoise.FRESH
     wrapped = Inpainting(denoiser, values, mask, generator, noise)
     out = sample(
         wrapped,
         tuple(values.shape),
+        sampler=sampler,
         generator=generator,
         resampling=resampling,
         dtype=sample_options.pop("dtype", values.dtype),

@@ -154,12 +154,10 @@ def sample(
     passes = 1 if resampling is None else resampling.times
     total = (len(ts) - 1) * passes
     with tqdm(total=total, desc=f"{sampler} ({steps} steps)", disable=not progress) as bar:
-        done = [0]
 
         def advance(step: Step) -> None:
-            done[0] += 1
             if shared is not None:
-                source.step = done[0]
+                source.step += 1
             bar.update(1)
 
         if shared is not None:

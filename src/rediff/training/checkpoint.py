@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from rediff._io import atomic_save_tensors, fsync_dir
+from rediff._io import atomic_save_tensors, atomic_write, fsync_dir, umask
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -53,14 +53,11 @@ def save(run: Path, step: int, model: dict, ema: dict, state: dict[str, Any], ke
     try:
         atomic_save_tensors(model, tmp / "model.safetensors")
         atomic_save_tensors(ema, tmp / "ema.safetensors")
-        torch.save(state, tmp / "train_state.pt")
-        with open(tmp / "train_state.pt", "rb") as f:
-            os.fsync(f.fileno())
+        atomic_write(tmp / "train_state.pt", lambda path: torch.save(state, path))
         manifest = {"step": step, "sha256": {name: sha256(tmp / name) for name in FILES}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        with open(tmp / MANIFEST, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
+        text = json.dumps(manifest, indent=1)
+        atomic_write(tmp / MANIFEST, lambda path: Path(path).write_text(text))
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
         final = root / _name(step)
         if final.exists():  # the same step again (a resumed run that stopped at once)
             shutil.rmtree(final)

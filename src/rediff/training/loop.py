@@ -51,8 +51,9 @@ def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel
     with ``loss.kind = "classifier"`` a NoisyClassifier (the same net names give the
     classifier of that size: an MLP, or the encoder half of the UNet preset)."""
     m = config.model
-    if m.net not in NETS:
-        raise ValueError(f"unknown model.net {m.net!r}; valid: {', '.join(map(repr, NETS))}")
+    if m.net != "mlp" and m.net not in PRESETS:
+        valid = ", ".join(map(repr, ["mlp", *PRESETS]))
+        raise ValueError(f"unknown model.net {m.net!r}; valid: {valid}")
     if config.loss.kind == "classifier":
         net = _classifier_net(m, dim_or_shape)
         return NoisyClassifier(net, config.schedule.build(), m.time_input, m.sigma_data)
@@ -64,16 +65,15 @@ def build_model(config: Config, dim_or_shape: tuple[int, ...]) -> DiffusionModel
     if m.net == "mlp":
         net = MLP(math.prod(dim_or_shape), m.width, m.depth, **common)
     else:
-        net = NETS[m.net][0](dropout=m.dropout, **common)
+        net = PRESETS[m.net][0](dropout=m.dropout, **common)
         _check_shape(m.net, net, dim_or_shape)
     return DiffusionModel(
         net, config.schedule.build(), m.target, m.time_input, m.sigma_data, m.learned_variance
     )
 
 
-#: model.net -> (denoiser preset, classifier preset)
-NETS = {
-    "mlp": (MLP, MLP),
+#: model.net -> (denoiser preset, classifier preset) of the UNet sizes
+PRESETS = {
     "unet_digits": (UNet.digits, NoiseClassifier.digits),
     "unet_cifar10": (UNet.cifar10, NoiseClassifier.cifar10),
 }
@@ -96,7 +96,7 @@ def _classifier_net(m, dim_or_shape: tuple[int, ...]):
     if m.net == "mlp":
         dim = math.prod(dim_or_shape)
         return MLP(dim, m.width, m.depth, time_scale=m.time_scale, out_features=m.num_classes)
-    net = NETS[m.net][1](num_classes=m.num_classes, dropout=m.dropout, time_scale=m.time_scale)
+    net = PRESETS[m.net][1](num_classes=m.num_classes, dropout=m.dropout, time_scale=m.time_scale)
     _check_shape(m.net, net, dim_or_shape)
     return net
 
