@@ -158,3 +158,29 @@ def test_sigterm_writes_a_checkpoint_and_resumes(tmp_path):
     assert _train_process(config, run, "--resume").wait() == 0
     assert _train_process(config, tmp_path / "full").wait() == 0
     assert_same_parameters(run, tmp_path / "full")
+
+
+def test_run_files_never_lead_outside_the_run_directory(tmp_path):
+    """A run directory whose files are symbolic links to elsewhere is refused before anything
+    is written: the linked file is not appended to, a linked checkpoint is not loaded."""
+    outside = tmp_path / "precious.csv"
+    outside.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").symlink_to(outside)
+    config = load_config(None, [*SMALL, "train.steps=5", "train.checkpoint_every=5"])
+    with pytest.raises(ValueError, match=r"metrics.csv leads outside .*remove the link"):
+        train(config, run, progress=False)
+    assert outside.read_text() == "keep me\n"
+    assert [p.name for p in run.iterdir()] == ["metrics.csv"]
+
+    good = run_to(tmp_path, "good", 5)
+    elsewhere = tmp_path / "elsewhere"
+    (good / "checkpoints" / "step_0000005").rename(elsewhere)
+    (good / "checkpoints" / "step_0000005").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"step_0000005 leads outside"):
+        train(config, good, resume=True, progress=False)
+    (good / "ema.safetensors").unlink()
+    (good / "ema.safetensors").symlink_to(elsewhere / "ema.safetensors")
+    with pytest.raises(ValueError, match=r"ema.safetensors leads outside"):
+        load_run(good)

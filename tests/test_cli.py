@@ -104,6 +104,9 @@ def test_train_then_sample_from_the_command_line(tmp_path, capsys):
     )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "5 evaluations" in capsys.readouterr().out
+    fast = ["--device", "cpu", "--precision", "bf16", "--channels-last"]
+    assert main(["sample", str(run), "--steps", "5", "--n", "50", "--out", str(out), *fast]) == 0
+    assert "wrote 50 samples" in capsys.readouterr().out
     with pytest.raises(FileExistsError, match="already holds a run"):
         main(args)
     with pytest.raises(SystemExit, match="class-conditional"):

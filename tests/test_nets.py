@@ -8,7 +8,7 @@ from torch import nn
 
 import rediff
 from rediff import schedules
-from rediff.nets import MLP, EnergyScore, UNet, sinusoidal
+from rediff.nets import MLP, EnergyScore, UNet, accelerate, sinusoidal
 
 
 def n_params(module):
@@ -94,3 +94,31 @@ def test_energy_model_samples_as_a_denoiser():
     torch.testing.assert_close(model(x, t), x / 10.0)
     out = rediff.sample(model, (256, 2), sampler="heun", steps=10, progress=False)
     assert torch.isfinite(out.x).all()
+
+
+def test_accelerate_shares_parameters_and_keeps_the_function():
+    """Channels-last computes the same function on the same parameters; bf16 autocast agrees
+    to bfloat16's precision and hands back the input's dtype; nothing asked: the net itself."""
+    torch.manual_seed(0)
+    reference = UNet.digits(num_classes=10)
+    net = UNet.digits(num_classes=10)
+    net.load_state_dict(reference.state_dict())
+    x, time, labels = torch.randn(4, 1, 8, 8), torch.tensor([1.0, 50, 400, 999]), torch.arange(4)
+    expected = reference(x, time, labels=labels)
+    assert accelerate(net) is net
+    fast = accelerate(net, channels_last=True)
+    assert {id(p) for p in fast.parameters()} == {id(p) for p in net.parameters()}
+    assert net.state_dict().keys() == reference.state_dict().keys()
+    torch.testing.assert_close(fast(x, time, labels=labels), expected, rtol=1e-5, atol=1e-5)
+    loss = fast(x, time, labels=labels).square().mean()
+    loss.backward()
+    reference(x, time, labels=labels).square().mean().backward()
+    for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    half = accelerate(net, precision="bf16")
+    out = half(x, time, labels=labels)
+    assert out.dtype == torch.float32
+    assert (out - expected).abs().max() < 0.05 * expected.abs().max()
+    assert not torch.equal(out, expected)  # bf16 really ran
+    with pytest.raises(ValueError, match=r"precision must be 'fp32' or 'bf16', got 'fp8'"):
+        accelerate(net, precision="fp8")

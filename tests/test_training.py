@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -119,27 +120,42 @@ def _params(run):
     return load_tensors(run / "model.safetensors")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_processes_match_one(tmp_path):
-    """Two gloo processes, each on half of the global batch, end where one process ends; a
-    checkpoint the two wrote half-way resumes on one process to the same end."""
+    """Two gloo processes, each on half of the global batch in two micro-batches, end where
+    one process ends; a checkpoint the two wrote half-way resumes on one process to the same
+    end. The two are started by the README's multi-machine command (c10d rendezvous) with one
+    machine."""
     config = tmp_path / "small.toml"
     overrides = [*SMALL, "train.steps=8", "train.batch_size=64", "train.checkpoint_every=4"]
     config.write_text(to_toml(load_config(None, overrides)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rediff_cli = [sys.executable, "-m", "rediff", "train", str(config), "--run-dir"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     subprocess.run([*rediff_cli, str(tmp_path / "one")], check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--node_rank"]
+    rendezvous = ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"localhost:{_free_port()}"]
     subprocess.run(
         [
             *torchrun,
+            "0",
             "--nproc_per_node",
             "2",
+            *rendezvous,
+            "--rdzv_id",
+            "test",
             "-m",
             "rediff",
             "train",
             str(config),
             "--run-dir",
             str(tmp_path / "two"),
+            "--set",
+            "train.accumulate=2",
         ],
         check=True,
         env=env,
@@ -284,7 +300,10 @@ def test_a_noise_conditional_classifier_learns(tmp_path):
     "overrides,message",
     [
         (["train.label_dropout=0.1"], "needs a class-conditional model"),
-        (["model.num_classes=3", "train.label_dropout=1.0"], r"label_dropout must lie in \[0, 1\)"),
+        (
+            ["model.num_classes=3", "train.label_dropout=1.0"],
+            r"label_dropout must be in \[0, 1\), got 1.0",
+        ),
         (
             [
                 "data.kind='digits'",
@@ -310,3 +329,73 @@ def test_bad_conditioning_options_are_refused_before_the_run_starts(tmp_path, ov
     with pytest.raises(ValueError, match=message):
         train(load_config(None, [*SMALL, *overrides]), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["loss.kind='sliced_sm'", "loss.probes=2", "model.target='score'", "schedule.kind='ve'"],
+        [
+            "data.kind='digits'",
+            "model.num_classes=10",
+            "train.label_dropout=0.3",
+            "train.batch_size=64",
+        ],
+    ],
+    ids=["denoising", "sliced_sm", "conditional"],
+)
+def test_gradient_accumulation_takes_the_full_batch_step(tmp_path, overrides):
+    """train.accumulate = 4 splits each batch (data, times, noise, probes, labels) into four
+    micro-batches whose summed gradients are the full batch's: the same parameters."""
+    base = [*SMALL, "train.steps=6", "train.checkpoint_every=3", *overrides]
+    train(load_config(None, base), tmp_path / "one", progress=False)
+    train(load_config(None, [*base, "train.accumulate=4"]), tmp_path / "four", progress=False)
+    one, four = _params(tmp_path / "one"), _params(tmp_path / "four")
+    for key in one:
+        torch.testing.assert_close(four[key], one[key], rtol=1e-5, atol=1e-6)
+    # a run may resume with another accumulation (it computes the same step)
+    train(load_config(None, base), tmp_path / "mixed", progress=False, stop_after=3)
+    resumed = load_config(None, [*base, "train.accumulate=2"])
+    train(resumed, tmp_path / "mixed", progress=False, resume=True)
+    mixed = _params(tmp_path / "mixed")
+    for key in one:
+        torch.testing.assert_close(mixed[key], one[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.accumulate=0"], r"train.accumulate must be >= 1, got 0"),
+        (["train.accumulate=3"], r"must divide evenly over 1 process\(es\) x train.accumulate = 3"),
+        (["train.precision='fp16'"], r"train.precision must be 'fp32' or 'bf16', got 'fp16'"),
+    ],
+)
+def test_bad_execution_options_are_refused_before_the_run_starts(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(load_config(None, [*SMALL, *overrides]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_gpu_path_on_cpu_bf16_autocast_and_channels_last_train_the_unet(tmp_path):
+    """The GPU options on CPU (compile off): bf16 autocast and channels-last train the digits
+    UNet; its checkpoints load into a plain model with the same predictions; the loss falls."""
+    overrides = [
+        "data.kind='digits'",
+        "model.net='unet_digits'",
+        "model.target='eps'",
+        "train.steps=40",
+        "train.batch_size=32",
+        "train.log_every=5",
+        "train.checkpoint_every=20",
+        "train.precision='bf16'",
+        "train.channels_last=true",
+    ]
+    model = train(load_config(None, overrides), tmp_path / "run", progress=False)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    logged = [float(row.split(",")[1]) for row in rows]
+    assert all(math.isfinite(v) for v in logged) and logged[-1] < logged[0], logged
+    _, loaded = load_run(tmp_path / "run")
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model(x, t), rtol=0, atol=0)

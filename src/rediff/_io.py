@@ -41,6 +41,20 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def in_run(run: str | Path, *parts: str) -> Path:
+    """``run / parts``, checked to resolve (symbolic links followed) inside the directory
+    ``run``: rediff reads and writes nothing outside a run directory, whatever links it holds
+    (a ``metrics.csv`` linked to another file is refused, not appended to)."""
+    run = Path(run)
+    path = run.joinpath(*parts)
+    if not path.resolve().is_relative_to(run.resolve()):
+        raise ValueError(
+            f"{path} leads outside {run} (a symbolic link?); rediff reads and writes only "
+            "inside a run directory: remove the link"
+        )
+    return path
+
+
 def fsync_dir(path: str | Path) -> None:
     """fsync a directory, so that renames inside it survive a power loss."""
     fd = os.open(path, os.O_RDONLY)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rediff import data, guidance, metrics
-from rediff._io import atomic_write
+from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor, check_finite
 from rediff.model import Conditioned, Denoiser, NoisyClassifier
 from rediff.sampling import sample
@@ -311,7 +311,7 @@ def _write_report(run: Path, scores: list[Score], how: str) -> None:
         floor = "" if s.floor is None or math.isnan(s.floor) else f"{s.floor:.4g}"
         lines.append(f"| {s.name} | {s.value:.4g} | {floor} |")
     text = "\n".join(lines) + "\n"
-    atomic_write(run / "eval.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(in_run(run, "eval.md"), lambda tmp: Path(tmp).write_text(text))
 
 
 @dataclass(frozen=True)
@@ -416,4 +416,5 @@ def _write_nll_report(run: Path, row: NLLRow, data_name: str) -> None:
             f"| {row.method} | {row.unit} | {row.mean:.4f} | {row.se:.4f} | {row.nfe} |",
         ]
     )
-    atomic_write(run / f"nll_{row.method}.md", lambda tmp: Path(tmp).write_text(text + "\n"))
+    path = in_run(run, f"nll_{row.method}.md")
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))

@@ -72,7 +72,10 @@ def _integer(schedule: DiscreteVP, spacing: Spacing, n: int) -> Tensor:
     """n DDPM steps k (as times k / T), largest first."""
     T = schedule.num_steps
     if n > T:
-        raise ValueError(f"{spacing.value!r} spacing needs steps <= T = {T}, got {n} points")
+        raise ValueError(
+            f"{spacing.value!r} spacing picks distinct DDPM steps: at most T = {T} grid points, "
+            f"got {n}; use fewer steps (final_step=False adds a point) or a continuous spacing"
+        )
     j = torch.arange(n, dtype=torch.float64)
     leading = 1 + (n - 1 - j) * (T // n)
     return (leading if spacing is Spacing.LEADING else torch.round(T - j * T / n)) / T

@@ -5,6 +5,7 @@ rediff train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume
 rediff sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE.png] [--seed S]
                       [--class K] [--guidance-scale W] [--classifier RUN_DIR]
                       [--share-noise-until K] [--groups G]
+                      [--device auto|cpu|cuda] [--precision fp32|bf16] [--channels-last] [--compile]
 rediff eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S] [--guidance-scale W]
                     [--classifier RUN_DIR]
 rediff nll RUN_DIR [--method ode|vlb] [--split held_out|train] [--data PATH] [--n N] [--probes N]
@@ -55,8 +56,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guide(args: argparse.Namespace):
-    """The --guidance-scale / --classifier options as an evaluation.Guide."""
+def _guide(args: argparse.Namespace, prepare=None):
+    """The --guidance-scale / --classifier options as an evaluation.Guide (``prepare`` moves
+    and accelerates the classifier like the model)."""
     from rediff.evaluation import Guide
     from rediff.model import NoisyClassifier
     from rediff.training import load_run
@@ -66,7 +68,29 @@ def _guide(args: argparse.Namespace):
     config, classifier = load_run(args.classifier)
     if not isinstance(classifier, NoisyClassifier):
         raise SystemExit(f"--classifier {args.classifier} is not a classifier run (loss.kind)")
+    if prepare is not None:
+        classifier = prepare(classifier)
     return Guide(args.guidance_scale, classifier, config.model.num_classes)
+
+
+def _sampling_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("rediff sample: --device cuda but no CUDA device is available")
+    return name
+
+
+def _accelerated(model, args: argparse.Namespace):
+    """The model with --precision / --channels-last / --compile (same parameters)."""
+    from rediff.nets import accelerate
+
+    net = accelerate(
+        model.net, precision=args.precision, channels_last=args.channels_last, compile=args.compile
+    )
+    return model.with_net(net)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -78,14 +102,22 @@ def _sample(args: argparse.Namespace) -> int:
     from rediff.plots import save_samples
     from rediff.training import load_data, load_run
 
+    device = _sampling_device(args.device)
     config, model = load_run(args.run_dir)
     if isinstance(model, NoisyClassifier):
         raise SystemExit(f"{args.run_dir} is a classifier; pass it as --classifier to a model")
+
+    def prepare(m):
+        return _accelerated(m.to(device), args)
+
+    model = prepare(model)
     x, _ = load_data(config)
-    labels = None if args.class_label is None else torch.full((args.n,), args.class_label)
+    labels = (
+        None if args.class_label is None else torch.full((args.n,), args.class_label, device=device)
+    )
     shared = None
     try:
-        den = steered(model, config, labels, _guide(args))
+        den = steered(model, config, labels, _guide(args, prepare))
         if args.share_noise_until is not None:
             shared = rediff.SharedNoise(args.share_noise_until, args.groups)
         out = rediff.sample(
@@ -95,6 +127,7 @@ def _sample(args: argparse.Namespace) -> int:
             steps=args.steps,
             generator=torch.Generator().manual_seed(args.seed),
             shared=shared,
+            device=device,
             **config.sampler_options(args.sampler),
         )
     except ValueError as error:  # bad options: a message, not a traceback
@@ -201,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="with --share-noise-until: number of groups (one row of the picture each)",
     )
+    sample.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sample.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: the network under bf16 autocast (the sampler's arithmetic stays float32)",
+    )
+    sample.add_argument(
+        "--channels-last", action="store_true", help="channels-last images (GPU tensor cores)"
+    )
+    sample.add_argument("--compile", action="store_true", help="torch.compile the network")
     sample.set_defaults(func=_sample)
     ev = commands.add_parser("eval", help="score a trained run against its data")
     ev.add_argument("run_dir", help="a run directory written by rediff train")

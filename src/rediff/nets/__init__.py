@@ -1,6 +1,7 @@
 """Networks: ``MLP`` (low-dimensional data), ``UNet`` (images; DDPM architecture, presets
 ``UNet.digits()`` and ``UNet.cifar10()``), ``EnergyScore`` (score = -grad E),
-``NoiseClassifier`` (logits of noised images, for classifier guidance).
+``NoiseClassifier`` (logits of noised images, for classifier guidance); ``accelerate`` (bf16
+autocast, channels-last, torch.compile on the same parameters).
 
 Every network is called as ``net(x, time, labels=None)`` with ``time`` from
 ``DiffusionModel.time_feature``.
@@ -9,7 +10,16 @@ Every network is called as ``net(x, time, labels=None)`` with ``time`` from
 from rediff.nets.classifier import NoiseClassifier
 from rediff.nets.embedding import TimeEmbedding, sinusoidal
 from rediff.nets.energy import EnergyScore
+from rediff.nets.fast import accelerate
 from rediff.nets.mlp import MLP
 from rediff.nets.unet import UNet
 
-__all__ = ["MLP", "EnergyScore", "NoiseClassifier", "TimeEmbedding", "UNet", "sinusoidal"]
+__all__ = [
+    "MLP",
+    "EnergyScore",
+    "NoiseClassifier",
+    "TimeEmbedding",
+    "UNet",
+    "accelerate",
+    "sinusoidal",
+]

@@ -16,7 +16,7 @@ def sinusoidal(time: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     [sin(time w_i), cos(time w_i)], w_i = max_period^(-i / (dim/2)), for time: [B] -> [B, dim]."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=time.device) / half)
-    angles = time.float()[:, None] * freqs[None, :]
+    angles = time.to(torch.promote_types(time.dtype, torch.float32))[:, None] * freqs[None, :]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
@@ -41,7 +41,8 @@ class TimeEmbedding(nn.Module):
         self.classes = nn.Embedding(num_classes + 1, out_dim) if num_classes else None
 
     def forward(self, time: Tensor, labels: Tensor | None = None) -> Tensor:
-        emb = self.mlp(sinusoidal(self.scale * time, self.base_dim))
+        features = sinusoidal(self.scale * time, self.base_dim)
+        emb = self.mlp(features.to(self.mlp[0].weight.dtype))  # a float64 net stays float64
         if self.classes is None:
             if labels is not None:
                 raise ValueError("labels were given to a network built without num_classes")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rediff import grids
-from rediff._tensor import Tensor, randn
+from rediff._tensor import Tensor, check_finite, randn
 from rediff.model import Denoiser
 from rediff.parametrization import Target, convert
 
@@ -74,7 +74,9 @@ def point_at_lam(denoiser: Denoiser, lam: float) -> Point:
 
 
 def working(x: Tensor) -> Tensor:
-    """x promoted to at least float32 for the loop (bfloat16 and float16 inputs)."""
+    """The starting point x, checked to be finite (every sampler starts here), promoted to at
+    least float32 for the loop (bfloat16 and float16 inputs)."""
+    check_finite("x (the sampler's starting point)", x)
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 

@@ -70,6 +70,14 @@ def _checked_range(
     return torch.where(v == 0, v, clamped) if allow_zero else clamped
 
 
+#: the largest noise level s = sigma / alpha a schedule may reach: s^4 (the x0-space weight
+#: of a score-target loss, the largest power any loss or sampler forms) stays inside
+#: float32's range (3.4e38) with room for the error it multiplies. Common schedules end far
+#: below it (EDM 80, DDPM's linear betas 158, VE for 1024^2 images 1348, the cosine betas
+#: 2e4); for a DiscreteVP it means alpha_bar_T >= 1e-16
+MAX_NOISE_LEVEL = 1e8
+
+
 class Schedule(ABC):
     """A forward process x_t = alpha(t) x0 + sigma(t) eps on t in [t_min, t_max].
 
@@ -108,14 +116,21 @@ class Schedule(ABC):
 
     # ---- validation ----------------------------------------------------------------------
     def _validate_range(self) -> None:
-        """Check ``0 < t_min < t_max`` (called by subclasses' ``__post_init__``); t = 0 is
-        reserved for clean data."""
+        """Check ``0 < t_min < t_max`` (t = 0 is reserved for clean data) and the noise level
+        at t_max against MAX_NOISE_LEVEL (called by subclasses' ``__post_init__``)."""
         if not (math.isfinite(self.t_min) and math.isfinite(self.t_max)):
             raise ValueError(f"t_min and t_max must be finite, got {self.t_min}, {self.t_max}")
         if not 0.0 < self.t_min < self.t_max:
             raise ValueError(
                 f"need 0 < t_min < t_max (t = 0 means clean data), got t_min={self.t_min}, "
                 f"t_max={self.t_max}"
+            )
+        top = float(self.noise_level(torch.tensor(self.t_max, dtype=torch.float64)))
+        if not top <= MAX_NOISE_LEVEL:
+            raise ValueError(
+                f"the noise level sigma/alpha at t_max is {top:.3g}, above {MAX_NOISE_LEVEL:.0e} "
+                "(float32 losses and samplers would overflow); use a smaller sigma_max, "
+                "smaller betas or a smaller T"
             )
 
     def check_t(self, t: Tensor | float, allow_zero: bool = True) -> Tensor:

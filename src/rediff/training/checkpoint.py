@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from rediff._io import atomic_save_tensors, atomic_write, fsync_dir, umask
+from rediff._io import atomic_save_tensors, atomic_write, fsync_dir, in_run, umask
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -47,7 +47,7 @@ def _name(step: int) -> str:
 def save(run: Path, step: int, model: dict, ema: dict, state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``step`` (state dicts of the model and its EMA, the training state)
     atomically as a directory, then delete all but the newest ``keep``."""
-    root = run / CHECKPOINTS
+    root = in_run(run, CHECKPOINTS)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{_name(step)}.", dir=root))
     try:
@@ -58,7 +58,7 @@ def save(run: Path, step: int, model: dict, ema: dict, state: dict[str, Any], ke
         text = json.dumps(manifest, indent=1)
         atomic_write(tmp / MANIFEST, lambda path: Path(path).write_text(text))
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
-        final = root / _name(step)
+        final = in_run(root, _name(step))
         if final.exists():  # the same step again (a resumed run that stopped at once)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -72,23 +72,25 @@ def save(run: Path, step: int, model: dict, ema: dict, state: dict[str, Any], ke
 
 
 def steps(run: Path) -> list[Path]:
-    """The run's checkpoint directories, oldest first (complete or not)."""
-    root = run / CHECKPOINTS
+    """The run's checkpoint directories, oldest first (complete or not); a ValueError if one
+    leads outside the run (``in_run``)."""
+    root = in_run(run, CHECKPOINTS)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    found = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    return [in_run(run, CHECKPOINTS, p.name) for p in found]
 
 
 def problem(checkpoint: Path) -> str | None:
     """Why ``checkpoint`` cannot be trusted (missing file, bad manifest, checksum mismatch),
     or None if every file matches its manifest."""
     try:
-        manifest = json.loads((checkpoint / MANIFEST).read_text())
+        manifest = json.loads(in_run(checkpoint, MANIFEST).read_text())
         expected = manifest["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"unreadable {MANIFEST} ({error})"
     for name in FILES:
-        if not (checkpoint / name).is_file():
+        if not in_run(checkpoint, name).is_file():
             return f"{name} is missing"
         if sha256(checkpoint / name) != expected.get(name):
             return f"{name} does not match its checksum (corrupt or truncated)"
@@ -115,7 +117,8 @@ def latest(run: Path) -> Path | None:
 def load_state(checkpoint: Path) -> dict[str, Any]:
     """The training state of a verified checkpoint, without unpickling code."""
     try:
-        return torch.load(checkpoint / "train_state.pt", weights_only=True, map_location="cpu")
+        path = in_run(checkpoint, "train_state.pt")
+        return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # pickle.UnpicklingError and friends: refuse, never execute
         raise ValueError(
             f"{checkpoint / 'train_state.pt'} is not a plain training state and was not "

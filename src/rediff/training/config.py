@@ -1,12 +1,14 @@
 """Run configuration: frozen dataclasses read strictly from TOML (DESIGN.md, style rule 10).
 
-Unknown sections or keys and values of the wrong type are errors that name them; nothing is
-guessed. ``--set section.key=value`` overrides use the same checks.
+Unknown sections or keys, values of the wrong type and numbers outside their range
+(``RANGES``) are errors that name them; nothing is guessed. ``--set section.key=value``
+overrides use the same checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +96,8 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
-    batch_size: int = 256
+    batch_size: int = 256  # the global batch (over all processes and micro-batches)
+    accumulate: int = 1  # micro-batches per step (gradient accumulation: less memory, same step)
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.0
@@ -107,6 +110,7 @@ class TrainConfig:
     sample_every: int = 0  # write samples/step_*.png every this many steps (0: never)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    channels_last: bool = False  # images in channels-last memory format (GPU tensor cores)
     compile: bool = False  # torch.compile the network
 
 
@@ -132,6 +136,66 @@ class Config:
         variance when it has one."""
         learned = sampler == "ddpm" and self.model.learned_variance
         return {"variance": "learned"} if learned else {}
+
+
+_AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+#: the range of every numeric option (the schedule's parameters are checked by the schedule)
+RANGES = {
+    "data.n": _AT_LEAST_ONE,
+    "data.image_size": _NON_NEGATIVE,
+    "data.channels": (lambda v: v in (1, 3), "1 or 3"),
+    "model.time_scale": _POSITIVE,
+    "model.sigma_data": _POSITIVE,
+    "model.width": _AT_LEAST_ONE,
+    "model.depth": _AT_LEAST_ONE,
+    "model.num_classes": _NON_NEGATIVE,
+    "model.dropout": _FRACTION,
+    "loss.vlb_weight": _NON_NEGATIVE,
+    "loss.probes": _AT_LEAST_ONE,
+    "train.steps": _AT_LEAST_ONE,
+    "train.batch_size": _AT_LEAST_ONE,
+    "train.accumulate": _AT_LEAST_ONE,
+    "train.lr": _POSITIVE,
+    "train.warmup": _NON_NEGATIVE,
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.grad_clip": _POSITIVE,
+    "train.ema_half_life": _POSITIVE,
+    "train.label_dropout": _FRACTION,
+    "train.checkpoint_every": _AT_LEAST_ONE,
+    "train.keep_checkpoints": _AT_LEAST_ONE,
+    "train.log_every": _AT_LEAST_ONE,
+    "train.sample_every": _NON_NEGATIVE,
+    "sample.steps": _AT_LEAST_ONE,
+    "sample.n": _AT_LEAST_ONE,
+}
+
+
+def check_ranges(config: Config) -> Config:
+    """``config`` if every numeric option is finite and in its RANGES, else a ValueError that
+    names the first one that is not."""
+    for key, (ok, text) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(f"{key} must be {text}, got {value!r}")
+    return config
+
+
+#: train options that change how a step is computed, not what it computes: a run may resume
+#: with other values (another number of micro-batches, device or compiled net)
+EXECUTION_OPTIONS = ("accumulate", "device", "compile", "channels_last")
+
+
+def run_identity(config: Config) -> Config:
+    """``config`` with the EXECUTION_OPTIONS at their defaults: two configs describe the same
+    run (and may resume each other's checkpoints) if their identities are equal."""
+    defaults = TrainConfig()
+    execution = {name: getattr(defaults, name) for name in EXECUTION_OPTIONS}
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **execution))
 
 
 def _check_value(where: str, value: Any, kind: type) -> Any:
@@ -198,7 +262,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         for key in keys[:-1]:
             table = table.setdefault(key, {})
         table[keys[-1]] = value
-    return _build(Config, values, "")
+    return check_ranges(_build(Config, values, ""))
 
 
 def _toml_value(value: Any) -> str:

@@ -32,14 +32,22 @@ import torch
 from tqdm.auto import tqdm
 
 from rediff import data, losses, samplers
-from rediff._io import atomic_write, load_tensors
+from rediff._io import atomic_write, in_run, load_tensors
 from rediff._tensor import Tensor, check_finite
 from rediff.evaluation import draw
 from rediff.model import NULL_LABEL, DiffusionModel, NoisyClassifier
-from rediff.nets import MLP, NoiseClassifier, UNet
+from rediff.nets import MLP, NoiseClassifier, UNet, accelerate
+from rediff.nets.fast import check_precision
 from rediff.plots import save_loss_curve, save_samples
 from rediff.training import checkpoint
-from rediff.training.config import Config, load_config, to_toml
+from rediff.training.config import (
+    EXECUTION_OPTIONS,
+    Config,
+    check_ranges,
+    load_config,
+    run_identity,
+    to_toml,
+)
 from rediff.training.ema import EMA
 
 #: grey levels of each data kind's pixels (the VLB decoder's grid)
@@ -211,21 +219,14 @@ def _process_device(device: torch.device) -> torch.device:
     return device
 
 
-def _autocast(config: Config, device: torch.device):
-    p = config.train.precision
-    if p not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {p!r}")
-    if p == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def _training_view(model, config: Config, world: World):
-    """The model the loss calls: the same parameters with the net compiled and/or wrapped in
+    """The model the loss calls: the same parameters with the net accelerated (bf16 autocast,
+    channels-last, compile: ``rediff.nets.accelerate``) and/or wrapped in
     DistributedDataParallel (state dicts and EMA keep using ``model``)."""
-    net = model.net
-    if config.train.compile:
-        net = torch.compile(net)
+    t = config.train
+    net = accelerate(
+        model.net, precision=t.precision, channels_last=t.channels_last, compile=t.compile
+    )
     if world.size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
     return model if net is model.net else model.with_net(net)
@@ -245,7 +246,7 @@ def _save(run: Path, model, ema: EMA, optimizer, step: int, generator, keep: int
     }
     saved = checkpoint.save(run, step, model.state_dict(), ema.model.state_dict(), state, keep)
     for name in ("model.safetensors", "ema.safetensors"):
-        atomic_write(run / name, lambda tmp, name=name: shutil.copyfile(saved / name, tmp))
+        atomic_write(in_run(run, name), lambda tmp, name=name: shutil.copyfile(saved / name, tmp))
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -261,11 +262,12 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
 def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) -> int:
     """Continue from the newest valid checkpoint (newer corrupt ones are skipped with a
     warning); returns its step."""
-    saved = load_config(run / "config.toml")
-    if saved != config:
+    saved = load_config(in_run(run, "config.toml"))
+    if run_identity(saved) != run_identity(config):
         raise ValueError(
             f"{run} holds a run with a different config; resume with the same config (see "
-            f"{run / 'config.toml'}) or start a new run directory"
+            f"{run / 'config.toml'}; only train.{', '.join(EXECUTION_OPTIONS)} may differ) or "
+            "start a new run directory"
         )
     latest = checkpoint.latest(run)
     _load_weights(model, latest / "model.safetensors")
@@ -277,9 +279,24 @@ def _resume(run: Path, config: Config, model, ema: EMA, optimizer, generator) ->
     return int(state["step"])
 
 
+#: what a run directory holds (``checkpoints/`` in ``rediff.training.checkpoint``)
+RUN_FILES = (
+    "config.toml",
+    "model.safetensors",
+    "ema.safetensors",
+    "metrics.csv",
+    "loss.png",
+    "samples",
+    checkpoint.CHECKPOINTS,
+)
+
+
 def _prepare_run(run: Path, config: Config, resume: bool, world: World) -> bool:
     """Create the run directory; True if there is a checkpoint to resume from. Refuses to
-    overwrite an existing run unless resuming, before any file is changed."""
+    overwrite an existing run unless resuming, or one whose files lead outside it (symbolic
+    links), before any file is changed."""
+    for name in RUN_FILES:
+        in_run(run, name)
     has_state = bool(checkpoint.steps(run))
     if has_state and not resume:
         raise FileExistsError(
@@ -288,7 +305,8 @@ def _prepare_run(run: Path, config: Config, resume: bool, world: World) -> bool:
     if world.writes:
         run.mkdir(parents=True, exist_ok=True)
         if not has_state:
-            atomic_write(run / "config.toml", lambda tmp: Path(tmp).write_text(to_toml(config)))
+            path = in_run(run, "config.toml")
+            atomic_write(path, lambda tmp: Path(tmp).write_text(to_toml(config)))
     world.barrier()
     return has_state
 
@@ -299,12 +317,12 @@ def load_run(
     """A trained run's config and model (``weights``: 'ema' or 'model'), loaded without
     pickle."""
     run = Path(run_dir)
-    if not (run / "config.toml").is_file():
+    if not in_run(run, "config.toml").is_file():
         raise FileNotFoundError(f"{run} is not a run directory (no config.toml)")
     config = load_config(run / "config.toml")
     x, _ = load_data(config)
     model = build_model(config, tuple(x.shape[1:]))
-    _load_weights(model, run / f"{weights}.safetensors")
+    _load_weights(model, in_run(run, f"{weights}.safetensors"))
     return config, model.eval()
 
 
@@ -319,15 +337,45 @@ def _batch(x, labels, config: Config, objective, schedule, generator, world: Wor
     if config.data.flip:
         x0 = data.random_flip(x0, generator)
     draws = objective.draw(schedule, x0, generator)
+    cond = {}
+    if labels is not None:
+        y = labels[idx.to(labels.device)]
+        if config.train.label_dropout:  # classifier-free guidance's unconditional model
+            dropped = torch.rand(b, generator=generator) < config.train.label_dropout
+            y = torch.where(dropped.to(y.device), NULL_LABEL, y)
+        cond = {"labels": y}
     mine = slice(world.rank * b // world.size, (world.rank + 1) * b // world.size)
-    draws = {k: (v[:, mine] if k == "probes" else v[mine]) for k, v in draws.items()}
-    if labels is None:
-        return x0[mine], draws, {}
-    y = labels[idx.to(labels.device)]
-    if config.train.label_dropout:  # classifier-free guidance's unconditional model
-        dropped = torch.rand(b, generator=generator) < config.train.label_dropout
-        y = torch.where(dropped.to(y.device), NULL_LABEL, y)
-    return x0[mine], draws, {"labels": y[mine]}
+    return _take((x0, draws, cond), mine)
+
+
+def _take(batch, part: slice):
+    """Samples ``part`` of a batch (x0, draws, cond): per-sample along dim 0 of each tensor,
+    except the probes [n, B, *D] (dim 1)."""
+    x0, draws, cond = batch
+    draws = {k: (v[:, part] if k == "probes" else v[part]) for k, v in draws.items()}
+    return x0[part], draws, {k: v[part] for k, v in cond.items()}
+
+
+def _backward(view, objective, batch, parts: int, step: int) -> Tensor:
+    """Gradients of the batch-mean loss of this process's slice, accumulated over ``parts``
+    equal micro-batches (each loss / parts: the sum is the slice's mean), DDP's all-reduce on
+    the last only. Returns the loss (detached)."""
+    n = batch[0].shape[0] // parts
+    ddp = isinstance(view.net, torch.nn.parallel.DistributedDataParallel)
+    total = 0.0
+    for k in range(parts):
+        sync = ddp and k < parts - 1
+        with view.net.no_sync() if sync else contextlib.nullcontext():
+            x0, draws, cond = _take(batch, slice(k * n, (k + 1) * n))
+            loss = objective(view, x0, draws, **cond)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {float(loss)} at step {step}; the last checkpoint is kept. "
+                    "Lower train.lr or check the data"
+                )
+            (loss / parts).backward()
+        total = total + loss.detach().float() / parts
+    return total
 
 
 @torch.no_grad()
@@ -338,8 +386,8 @@ def _sample_grid(ema_model: DiffusionModel, config: Config, shape, run: Path, st
     samples, _, _ = draw(
         ema_model, config, shape, n, config.sample.sampler, config.sample.steps, generator
     )
-    (run / "samples").mkdir(exist_ok=True)
-    path = run / "samples" / f"step_{step:07d}.png"
+    in_run(run, "samples").mkdir(exist_ok=True)
+    path = in_run(run, "samples", f"step_{step:07d}.png")
     title = f"step {step}: {config.sample.sampler}"
     atomic_write(path, lambda tmp: save_samples(samples, tmp, title))
 
@@ -381,12 +429,8 @@ class _Signals:
 def _check_training(config: Config) -> None:
     """Refuse combinations of options that cannot train (before a run starts)."""
     p, classes = config.train.label_dropout, config.model.num_classes
-    if config.train.keep_checkpoints < 1:
-        raise ValueError(
-            f"train.keep_checkpoints must be >= 1, got {config.train.keep_checkpoints}"
-        )
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"train.label_dropout must lie in [0, 1), got {p}")
+    check_ranges(config)
+    check_precision(config.train.precision, "train.precision")
     if p and not classes:
         raise ValueError(
             "train.label_dropout needs a class-conditional model (model.num_classes > 0)"
@@ -416,15 +460,14 @@ def train(
     device = _process_device(_device(config))
     objective = build_objective(config)
     _check_training(config)
-    _autocast(config, device)  # validates train.precision
     samplers.get(config.sample.sampler)  # validates the sampler of the sample grids
     x, labels = load_data(config)
     objective.check_data(x)
     world = _join_world(device)
-    if t.batch_size % world.size:
+    if t.batch_size % (world.size * t.accumulate):
         raise ValueError(
             f"train.batch_size = {t.batch_size} (the global batch) must divide evenly over "
-            f"{world.size} processes"
+            f"{world.size} process(es) x train.accumulate = {t.accumulate} micro-batches"
         )
     torch.manual_seed(config.seed)
     model = build_model(config, tuple(x.shape[1:])).to(device)
@@ -438,27 +481,21 @@ def train(
     x = x.to(device)
     labels = labels.to(device) if labels is not None else None
     last = min(t.steps, stop_after) if stop_after is not None else t.steps
-    log = (run / "metrics.csv").open("a", newline="") if world.writes else None
+    log = in_run(run, "metrics.csv").open("a", newline="") if world.writes else None
     writer = csv.writer(log) if log else None
     if writer and step == 0:
         writer.writerow(["step", "loss", "lr", "samples_per_s"])
     bar = tqdm(total=last, initial=step, desc="train", disable=not (progress and world.writes))
-    clock, seen = time.perf_counter(), 0
+    clock = time.perf_counter()
+    mark, seen = clock, 0  # the start of the log interval and the samples seen since
     with _Signals() as signals:
         while step < last:
             x0, draws, cond = _batch(x, labels, config, objective, model.schedule, generator, world)
             lr = t.lr * min(1.0, (step + 1) / max(t.warmup, 1))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with _autocast(config, device):
-                loss = objective(view, x0, draws, **cond)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {float(loss)} at step {step}; the last checkpoint is kept. Lower "
-                    "train.lr or check the data"
-                )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _backward(view, objective, (x0, draws, cond), t.accumulate, step)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             ema.update(model, t.batch_size)
@@ -467,10 +504,9 @@ def train(
             if world.stop(timed_out or signals.received is not None):
                 last = step
             if step % t.log_every == 0 or step == last:
-                value, rate = (
-                    world.mean(loss.detach()),
-                    seen / max(time.perf_counter() - clock, 1e-9),
-                )
+                now = time.perf_counter()
+                value, rate = world.mean(loss), seen / max(now - mark, 1e-9)
+                mark, seen = now, 0
                 if writer:
                     writer.writerow([step, f"{value:.6g}", f"{lr:.3g}", f"{rate:.1f}"])
                     log.flush()
@@ -483,7 +519,7 @@ def train(
     bar.close()
     if log:
         log.close()
-        save_loss_curve(run / "metrics.csv", run / "loss.png")
+        save_loss_curve(run / "metrics.csv", in_run(run, "loss.png"))
     world.barrier()
     if signals.received is not None:
         raise TrainingInterruptedError(signals.received, step, run)
