@@ -5,8 +5,10 @@
 
 Both train an eps-predicting UNet on the same 1437 training digits (rediff.data.digits_split)
 with DDPM's linear schedule (T = 1000), batch 128, AdamW (lr 1e-3, 200 warm-up steps, then
-constant), gradient clipping at 1, for the same wall-clock budget on this machine, one after
-the other:
+constant), gradient clipping at 1, for the same wall-clock budget on this machine. They train
+in turns of ``--slice`` seconds (rediff resumes its run directory exactly; diffusers keeps its
+state in memory), so that drifts in the machine's speed hit every library alike (run one
+after the other, the same loop measured 83 and 106 ms/step on two occasions):
 
 - rediff: ``rediff.training.train`` on ``configs/digits_ddpm.toml`` (the same recipe as the
   baseline: eps target, linear betas; UNet.digits, EMA with a half-life of 20,000 samples)
@@ -48,18 +50,28 @@ SAMPLERS = (("ddim", 50), ("dpm++2m", 20))
 SEEDS = tuple(range(10))
 
 
-def train_rediff(
-    name: str, budget: float, run: Path
-) -> tuple[rediff.DiffusionModel, int, float, int]:
-    """A rediff digits config for ``budget`` seconds of its loop: (EMA model, steps, s/step,
-    params)."""
-    overrides = ["train.steps=1000000", "train.checkpoint_every=1000000", "train.sample_every=0"]
-    config = load_config(CONFIGS / name, overrides)
-    model = train(config, run, time_limit=budget)
-    last = (run / "metrics.csv").read_text().splitlines()[-1].split(",")
-    steps, samples_per_s = int(last[0]), float(last[3])  # the loop's own rate
-    per_step = config.train.batch_size / samples_per_s
-    return model, steps, per_step, sum(p.numel() for p in model.parameters())
+class RediffRun:
+    """A rediff digits config, trained in slices: each ``run(seconds)`` continues the run
+    directory (``--resume``, bit-exact) for that many seconds of its loop."""
+
+    def __init__(self, name: str, run: Path) -> None:
+        overrides = [
+            "train.steps=1000000",
+            "train.checkpoint_every=1000000",
+            "train.sample_every=0",
+        ]
+        self.config, self.run_dir, self.model = load_config(CONFIGS / name, overrides), run, None
+
+    def run(self, seconds: float) -> None:
+        resume = self.model is not None
+        self.model = train(self.config, self.run_dir, resume=resume, time_limit=seconds)
+
+    @property
+    def steps(self) -> int:
+        return int((self.run_dir / "metrics.csv").read_text().splitlines()[-1].split(",")[0])
+
+    def result(self) -> tuple[rediff.DiffusionModel, int]:
+        return self.model, self.steps
 
 
 class DiffusersNet(torch.nn.Module):
@@ -73,50 +85,74 @@ class DiffusersNet(torch.nn.Module):
         return self.unet(x, time).sample
 
 
-def train_diffusers(budget: float) -> tuple[rediff.DiffusionModel, int, float, int]:
-    """The diffusers baseline for ``budget`` seconds: (EMA model as a rediff Denoiser, steps,
-    s/step, params)."""
-    from diffusers import DDPMScheduler, UNet2DModel
-    from diffusers.optimization import get_constant_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
+class DiffusersRun:
+    """The diffusers baseline, trained in slices of ``run(seconds)`` (state kept in memory)."""
 
-    torch.manual_seed(0)
-    x, _ = data.digits_split("train")
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    )
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.0)
-    lr_schedule = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=200)
-    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, power=3 / 4)
-    gen = torch.Generator().manual_seed(0)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < budget:
-        clean = x[torch.randint(x.shape[0], (128,), generator=gen)]
-        noise = torch.randn(clean.shape, generator=gen)
-        timesteps = torch.randint(0, 1000, (128,), generator=gen)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps).sample, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(unet.parameters())
-        steps += 1
-    seconds = time.perf_counter() - start
-    ema_unet = copy.deepcopy(unet)
-    ema.copy_to(ema_unet.parameters())
-    schedule = rediff.schedules.DiscreteVP.linear(1000)
-    model = rediff.DiffusionModel(DiffusersNet(ema_unet.eval()), schedule, "eps", "step")
-    return model, steps, seconds / steps, sum(p.numel() for p in unet.parameters())
+    def __init__(self) -> None:
+        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers.optimization import get_constant_schedule_with_warmup
+        from diffusers.training_utils import EMAModel
+
+        torch.manual_seed(0)
+        self.x, _ = data.digits_split("train")
+        self.unet = UNet2DModel(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=8,
+        )
+        self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-3, weight_decay=0.0)
+        self.lr_schedule = get_constant_schedule_with_warmup(self.optimizer, num_warmup_steps=200)
+        self.ema = EMAModel(self.unet.parameters(), decay=0.9999, use_ema_warmup=True, power=3 / 4)
+        self.gen = torch.Generator().manual_seed(0)
+        self.steps = 0
+
+    def run(self, seconds: float) -> None:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            clean = self.x[torch.randint(self.x.shape[0], (128,), generator=self.gen)]
+            noise = torch.randn(clean.shape, generator=self.gen)
+            timesteps = torch.randint(0, 1000, (128,), generator=self.gen)
+            noisy = self.scheduler.add_noise(clean, noise, timesteps)
+            loss = torch.nn.functional.mse_loss(self.unet(noisy, timesteps).sample, noise)
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+            self.optimizer.step()
+            self.lr_schedule.step()
+            self.ema.step(self.unet.parameters())
+            self.steps += 1
+
+    def result(self) -> tuple[rediff.DiffusionModel, int]:
+        """The EMA weights as a rediff Denoiser (step time input), and the steps done."""
+        ema_unet = copy.deepcopy(self.unet)
+        self.ema.copy_to(ema_unet.parameters())
+        schedule = rediff.schedules.DiscreteVP.linear(1000)
+        model = rediff.DiffusionModel(DiffusersNet(ema_unet.eval()), schedule, "eps", "step")
+        return model, self.steps
+
+
+def train_all(budget: float, slice_s: float, tmp: Path) -> dict[str, tuple]:
+    """Every trainer for ``budget`` seconds, in turns of ``slice_s`` seconds (so a change in
+    the machine's speed during the benchmark hits all of them alike): name -> (EMA model,
+    steps, seconds per step, parameters)."""
+    trainers = {f"rediff, {name}": RediffRun(name, tmp / name) for name in REDIFF_CONFIGS}
+    trainers["diffusers"] = DiffusersRun()
+    rounds = max(1, round(budget / slice_s))
+    for k in range(rounds):
+        for name, trainer in trainers.items():
+            print(f"round {k + 1}/{rounds}: {name}", flush=True)
+            trainer.run(budget / rounds)
+    out = {}
+    for name, trainer in trainers.items():
+        model, steps = trainer.result()
+        out[name] = (model, steps, budget / steps, sum(p.numel() for p in model.parameters()))
+    return out
 
 
 def frechet(model: rediff.DiffusionModel) -> dict[str, list[float]]:
@@ -156,25 +192,24 @@ def _gap(ours: list[float], theirs: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of training each")
+    parser.add_argument("--slice", type=float, default=30.0, help="seconds per turn")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    trained = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in REDIFF_CONFIGS:
-            trained[f"rediff, {name}"] = train_rediff(name, args.budget, Path(tmp) / name)
-    trained["diffusers"] = train_diffusers(args.budget)
     floor = evaluation.digits_frechet_floor()
     rows = {}
-    for name, (model, steps, per_step, params) in trained.items():
-        with torch.no_grad():
-            rows[name] = (steps, per_step, params, frechet(model.eval()))
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = train_all(args.budget, args.slice, Path(tmp))
+        for name, (model, steps, per_step, params) in trained.items():
+            with torch.no_grad():
+                rows[name] = (steps, per_step, params, frechet(model.eval()))
     lines = [
         "# Training on digits: rediff vs diffusers at the same CPU budget",
         "",
         f"Measured {date.today()} on {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, by "
-        f"`python benchmarks/training.py --budget {args.budget:.0f}` ({args.budget:.0f} s of "
-        "training each, one after the other). Method: see the script's docstring.",
+        f"`python benchmarks/training.py --budget {args.budget:.0f} --slice {args.slice:.0f}` "
+        f"({args.budget:.0f} s of training each, in turns of {args.slice:.0f} s; ms / step is "
+        "the budget over the steps done). Method: see the script's docstring.",
         "",
         f"Frechet distance of 360 EMA samples to the training digits in the digits "
         f"classifier's features, mean +- standard error over {len(SEEDS)} sampling seeds "
