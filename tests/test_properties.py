@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import rediff
@@ -278,3 +278,61 @@ def test_config_values_are_checked_and_named(key, value):
 
 def _toml(value: float) -> str:
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+CHOICES = {
+    "data.name": st.sampled_from(
+        ["moons", "swiss_roll", "eight_gaussians", "checkerboard", "ring"]
+    ),
+    "schedule.kind": st.sampled_from(["discrete_vp", "linear_vp", "subvp", "ve", "edm"]),
+    "schedule.betas": st.sampled_from(["linear", "cosine"]),
+    "model.target": st.sampled_from([t.value for t in Target]),
+    "model.time_input": st.sampled_from(["t", "step", "c_noise"]),
+    "model.learned_variance": st.booleans(),
+    "loss.kind": st.sampled_from(["denoising", "vlb", "hybrid", "sliced_sm", "exact_sm"]),
+    "loss.weighting": st.sampled_from([w.value for w in losses.Weighting]),
+    "loss.time_sampler": st.sampled_from([s.value for s in losses.TimeSampler]),
+    "loss.variance": st.sampled_from(["beta", "beta_tilde", "learned"]),
+    "train.precision": st.sampled_from(["fp32", "bf16"]),
+    "train.accumulate": st.sampled_from([1, 2]),
+    "sample.sampler": st.sampled_from(list(samplers.REGISTRY)),
+}
+SMALL_RUN = [
+    "data.n=256",
+    "model.width=16",
+    "model.depth=1",
+    "train.steps=2",
+    "train.batch_size=32",
+    "train.warmup=1",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+]
+
+
+@given(choices=st.fixed_dictionaries(CHOICES))
+@settings(PROPERTY, max_examples=30)
+def test_any_combination_of_config_choices_trains_or_is_refused_cleanly(choices, tmp_path_factory):
+    """Every combination of the config's choices either trains (finite losses and weights)
+    or is refused with a ValueError before the run directory exists: never a NaN, a crash
+    mid-run or another exception type."""
+    from rediff.training import train
+
+    overrides = [
+        *SMALL_RUN,
+        *(
+            f"{k}={v!r}".replace("True", "true").replace("False", "false")
+            for k, v in choices.items()
+        ),
+    ]
+    run = tmp_path_factory.mktemp("run") / "run"
+    config = load_config(None, overrides)
+    try:
+        model = train(config, run, progress=False)
+    except ValueError as error:
+        event("refused")
+        assert not run.exists(), f"refused after writing files: {error}"
+        return
+    event("trained")
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert all(math.isfinite(float(row.split(",")[1])) for row in rows), rows
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -72,6 +72,18 @@ class LogNormal:
     p_std: float = 1.2
 
 
+def check_time_sampler(schedule: Schedule, sampler: TimeSampler | str) -> TimeSampler:
+    """``sampler`` parsed, or a ValueError if ``schedule`` cannot use it ('steps' draws DDPM's
+    integer steps: DiscreteVP only)."""
+    sampler = TimeSampler.parse(sampler)
+    if sampler is TimeSampler.STEPS and not isinstance(schedule, DiscreteVP):
+        raise ValueError(
+            f"time sampler 'steps' draws DDPM's integer steps and needs a DiscreteVP, got "
+            f"{type(schedule).__name__}; use 'uniform' or 'lognormal'"
+        )
+    return sampler
+
+
 def sample_times(
     schedule: Schedule,
     n: int,
@@ -82,13 +94,8 @@ def sample_times(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """n training times (float64 [n]) from ``sampler``."""
-    sampler = TimeSampler.parse(sampler)
+    sampler = check_time_sampler(schedule, sampler)
     if sampler is TimeSampler.STEPS:
-        if not isinstance(schedule, DiscreteVP):
-            raise ValueError(
-                f"time sampler 'steps' draws DDPM's integer steps and needs a DiscreteVP, got "
-                f"{type(schedule).__name__}; use 'uniform' or 'lognormal'"
-            )
         k = torch.randint(1, schedule.num_steps + 1, (n,), generator=generator)
         return (k.double() / schedule.num_steps).to(device)
     if sampler is TimeSampler.UNIFORM:
@@ -280,6 +287,7 @@ class Objective:
 
     def check_model(self, model: DiffusionModel | NoisyClassifier) -> None:
         """Refuse a model this objective cannot train (before a run starts)."""
+        check_time_sampler(model.schedule, self.time_sampler)
         if (self.kind is Loss.CLASSIFIER) != isinstance(model, NoisyClassifier):
             raise ValueError(
                 "the classifier loss trains a NoisyClassifier and the other losses a "
