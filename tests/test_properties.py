@@ -23,7 +23,7 @@ from rediff.parametrization import Target
 from rediff.training import load_config
 
 PROPERTY = settings(
-    max_examples=40,
+    max_examples=150,
     deadline=None,
     derandomize=True,
     database=None,
@@ -153,7 +153,7 @@ def test_denoising_losses_and_their_gradients_are_finite(
 
 
 @given(schedule=SCHEDULES, shape=SHAPES, dtype=DTYPES, batch=st.integers(1, 3), data=st.data())
-@settings(PROPERTY, max_examples=15)
+@settings(PROPERTY, max_examples=30)
 def test_likelihoods_are_finite(schedule, shape, dtype, batch, data):
     """The probability-flow ODE's log-likelihood of data drawn from the mixture itself."""
     mixture = data.draw(mixtures(math.prod(shape)))
@@ -310,7 +310,7 @@ SMALL_RUN = [
 
 
 @given(choices=st.fixed_dictionaries(CHOICES))
-@settings(PROPERTY, max_examples=30)
+@settings(PROPERTY, max_examples=60)
 def test_any_combination_of_config_choices_trains_or_is_refused_cleanly(choices, tmp_path_factory):
     """Every combination of the config's choices either trains (finite losses and weights)
     or is refused with a ValueError before the run directory exists: never a NaN, a crash
@@ -336,3 +336,69 @@ def test_any_combination_of_config_choices_trains_or_is_refused_cleanly(choices,
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
     assert all(math.isfinite(float(row.split(",")[1])) for row in rows), rows
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@given(
+    schedule=SCHEDULES,
+    sampler=st.sampled_from(list(samplers.REGISTRY)),
+    steps=st.integers(1, 15),
+    scale=st.floats(0.0, 20.0),
+    kind=st.sampled_from(["classifier_free", "classifier"]),
+    dtype=DTYPES,
+    data=st.data(),
+)
+@settings(PROPERTY, max_examples=100)
+def test_guided_sampling_is_finite_at_any_scale(schedule, sampler, steps, scale, kind, dtype, data):
+    """Classifier-free and classifier guidance of the exact mixture (component = class) at
+    any scale in [0, 20], with every sampler: finite samples."""
+    mixture = data.draw(mixtures(2))
+    den = mixture.denoiser(schedule)
+    labels = torch.arange(4) % mixture.num_components
+    guided = (
+        rediff.guidance.classifier_free(den, labels, scale)
+        if kind == "classifier_free"
+        else rediff.guidance.classifier(den, den.log_classifier, labels, scale)
+    )
+    out = rediff.sample(
+        guided,
+        (4, 2),
+        sampler=sampler,
+        steps=steps,
+        dtype=dtype,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    assert torch.isfinite(out.x).all(), (kind, scale, sampler, schedule)
+
+
+@given(
+    T=st.integers(2, 300),
+    betas=_ordered(1e-4, 0.3, 1.0),
+    cosine=st.booleans(),
+    shape=SHAPES,
+    variance=st.sampled_from(["beta", "beta_tilde"]),
+    levels=st.integers(2, 256),
+    trace=st.sampled_from(["exact", "hutchinson"]),
+    data=st.data(),
+)
+@settings(PROPERTY, max_examples=40)
+def test_the_bound_and_the_hutchinson_likelihood_are_finite(
+    T, betas, cosine, shape, variance, levels, trace, data
+):
+    """DDPM's discrete bound (any T, betas, decoder levels, fixed variance) and the ODE
+    likelihood with either divergence, on data in [-1, 1] from a mixture."""
+    schedule = schedules.DiscreteVP.cosine(T) if cosine else _discrete_linear(T, betas)
+    mixture = data.draw(mixtures(math.prod(shape)))
+    x0 = mixture.sample(3, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    x0 = x0.reshape(3, *shape)
+    den = mixture.denoiser(schedule)
+    bound = rediff.vlb(den, x0, variance=variance, levels=levels)
+    assert torch.isfinite(bound.bits_per_dim).all(), (schedule, variance, levels)
+    result = likelihood.log_likelihood(
+        den,
+        x0,
+        trace=trace,
+        generator=torch.Generator().manual_seed(0),
+        solver=likelihood.Solver(rtol=1e-4, atol=1e-4),
+    )
+    assert torch.isfinite(result.nll).all()
