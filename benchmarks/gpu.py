@@ -227,26 +227,22 @@ def measure(sizes: Sizes, device: str, variants) -> list[tuple[str, str, float, 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images.npy"
         np.save(data, images.numpy())
-        for v in variants:
-            print(f"rediff {v} ...", flush=True)
-            rows.append(
-                (
-                    "rediff",
-                    str(v),
-                    rediff_training(v, sizes, device, data),
-                    rediff_sampling(v, sizes, device),
-                )
-            )
-    for v in [v for v in variants if not v.compile]:
-        print(f"diffusers {v} ...", flush=True)
-        rows.append(
-            (
-                "diffusers",
-                str(v),
-                diffusers_training(v, sizes, device, images),
-                diffusers_sampling(v, sizes, device),
-            )
-        )
+        libraries = {  # name -> (variants, training images/s, sampling images/s)
+            "rediff": (
+                variants,
+                lambda v: rediff_training(v, sizes, device, data),
+                lambda v: rediff_sampling(v, sizes, device),
+            ),
+            "diffusers": (
+                [v for v in variants if not v.compile],
+                lambda v: diffusers_training(v, sizes, device, images),
+                lambda v: diffusers_sampling(v, sizes, device),
+            ),
+        }
+        for name, (chosen, training, sampling) in libraries.items():
+            for v in chosen:
+                print(f"{name} {v} ...", flush=True)
+                rows.append((name, str(v), training(v), sampling(v)))
     return rows
 
 
