@@ -399,3 +399,20 @@ def test_the_gpu_path_on_cpu_bf16_autocast_and_channels_last_train_the_unet(tmp_
     x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 0.5)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t), model(x, t), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_size", [10, 250])
+def test_ema_forgets_half_its_weight_every_half_life(batch_size):
+    """theta_ema follows a parameter that jumped from 0 to 1: after half_life samples, in any
+    batch size, it has come half-way (0.5), after twice that three quarters (float32 lerps:
+    rounding ~ steps x 6e-8)."""
+    from rediff.training import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, half_life=1000.0)
+    torch.nn.init.ones_(model.weight)
+    for expected in (0.5, 0.75):
+        for _ in range(1000 // batch_size):
+            ema.update(model, batch_size)
+        assert abs(float(ema.model.weight) - expected) < 1e-5

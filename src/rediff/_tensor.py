@@ -7,8 +7,6 @@ points and for images.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import torch
 
 Tensor = torch.Tensor
@@ -64,28 +62,14 @@ def check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf values; clean or rescale the input")
 
 
-class NoiseSource(ABC):
-    """Something that draws the noise in a generator's place (e.g. noise shared between
-    samples, ``rediff.sampling.SharedNoise``): ``randn`` hands it every draw."""
-
-    @abstractmethod
-    def randn(
-        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None
-    ) -> Tensor:
-        """N(0, I) of ``shape``."""
-
-
 def randn(
     shape: tuple[int, ...] | torch.Size,
-    generator: torch.Generator | NoiseSource | None = None,
+    generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """N(0, I) of ``shape`` on ``device``, drawn on the generator's own device (so a CPU
-    generator drives GPU runs too, and the same seed gives the same numbers everywhere); a
-    ``NoiseSource`` in the generator's place draws instead."""
-    if isinstance(generator, NoiseSource):
-        return generator.randn(tuple(shape), dtype, device)
+    generator drives GPU runs too, and the same seed gives the same numbers everywhere)."""
     where = generator.device if generator is not None else device
     z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=where)
     return z if device is None else z.to(device)

@@ -9,23 +9,17 @@ estimator, for score matching and probability-flow likelihoods.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor, randn, sum_except_batch
 
 
-class Probe(str, Enum):
+class Probe(Choice):
     """Hutchinson probe distribution."""
 
     RADEMACHER = "rademacher"
     GAUSSIAN = "gaussian"
-
-    @classmethod
-    def parse(cls, value: Probe | str) -> Probe:
-        return parse_choice(cls, value, "probe")
 
 
 def draw_probes(x: Tensor, n: int, kind: Probe | str = Probe.RADEMACHER, generator=None) -> Tensor:

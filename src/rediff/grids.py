@@ -20,16 +20,15 @@ points lie in [t_min, t_max] and the grid has ``steps + 1`` entries; without the
 from __future__ import annotations
 
 import math
-from enum import Enum
 
 import torch
 
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor
 from rediff.schedules import DiscreteVP, Schedule
 
 
-class Spacing(str, Enum):
+class Spacing(Choice):
     """How grid points are spread between t_max and t_min."""
 
     UNIFORM = "uniform"
@@ -38,11 +37,6 @@ class Spacing(str, Enum):
     QUADRATIC = "quadratic"
     LEADING = "leading"
     TRAILING = "trailing"
-
-    @classmethod
-    def parse(cls, value: Spacing | str) -> Spacing:
-        """``value`` as a Spacing, or a ValueError listing the valid names."""
-        return parse_choice(cls, value, "spacing")
 
 
 def _check_steps(steps: int) -> None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 import torch
 
 from rediff import samplers
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor, batch_time, check_finite, expand_to, randn
 from rediff.model import NULL_LABEL, Denoiser
 from rediff.sampling import Resampling, Samples, SharedNoise, sample
@@ -166,7 +165,7 @@ def classifier(
     return ClassifierGuided(denoiser, log_prob, labels, scale)
 
 
-class KnownNoise(str, Enum):
+class KnownNoise(Choice, noun="known-part noise"):
     """The z of the known part's forward-noised copy: ``fresh`` at every evaluation (the
     score-SDE method; measured closer to the Gaussian conditional's covariance) or ``fixed``,
     one z for the whole run, so the denoiser stays smooth in t (what adaptive ODE solvers
@@ -174,10 +173,6 @@ class KnownNoise(str, Enum):
 
     FRESH = "fresh"
     FIXED = "fixed"
-
-    @classmethod
-    def parse(cls, value: KnownNoise | str) -> KnownNoise:
-        return parse_choice(cls, value, "known-part noise")
 
 
 class Inpainting(Denoiser):
@@ -194,8 +189,9 @@ class Inpainting(Denoiser):
         values: y, the known values, broadcastable to the samples [B, *D].
         mask: 1 (or True) where known, 0 where to fill in, broadcastable to the samples.
         generator: draws z.
-        noise: ``"fresh"`` z at every evaluation or one ``"fixed"`` z (see ``KnownNoise``;
-            the fixed z is drawn at the first evaluation).
+        noise: ``"fresh"`` z at every evaluation or one ``"fixed"`` z (see ``KnownNoise``),
+            drawn here, when this run's Inpainting is made (values then must have the
+            samples' shape [B, *D]).
     """
 
     def __init__(
@@ -219,7 +215,9 @@ class Inpainting(Denoiser):
             ) from None
         self.denoiser, self.schedule = denoiser, denoiser.schedule
         self.values, self.mask, self.generator = values, mask, generator
-        self.noise, self._fixed = KnownNoise.parse(noise), None
+        self.noise, self.fixed = KnownNoise.parse(noise), None
+        if self.noise is KnownNoise.FIXED:
+            self.fixed = randn(values.shape, generator, values.dtype, values.device)
 
     def known(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The mask and the known values, broadcast to x (or a ValueError)."""
@@ -236,11 +234,14 @@ class Inpainting(Denoiser):
         return mask, self.values.to(x.device, x.dtype).expand(x.shape)
 
     def _z(self, x_t: Tensor) -> Tensor:
-        if self.noise is KnownNoise.FRESH:
+        if self.fixed is None:
             return randn(x_t.shape, self.generator, x_t.dtype, x_t.device)
-        if self._fixed is None or self._fixed.shape != x_t.shape:
-            self._fixed = randn(x_t.shape, self.generator, x_t.dtype, x_t.device)
-        return self._fixed
+        if self.fixed.shape != x_t.shape:
+            raise ValueError(
+                f"fixed known-part noise was drawn for values of shape {tuple(self.fixed.shape)}"
+                f", but the samples are {tuple(x_t.shape)}; give values of the samples' shape"
+            )
+        return self.fixed.to(x_t.device, x_t.dtype)
 
     def replace(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         """x_t with its known part replaced by alpha(t) y + sigma(t) z."""

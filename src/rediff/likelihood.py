@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
 from rediff import divergence, variational
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor, check_finite
 from rediff.model import Denoiser
 from rediff.samplers._common import check_positive
@@ -35,15 +34,11 @@ from rediff.samplers.ode import flow_velocity
 _LN2 = math.log(2.0)
 
 
-class Trace(str, Enum):
+class Trace(Choice, noun="divergence"):
     """How the divergence is computed: ``exact`` or ``hutchinson``."""
 
     EXACT = "exact"
     HUTCHINSON = "hutchinson"
-
-    @classmethod
-    def parse(cls, value: Trace | str) -> Trace:
-        return parse_choice(cls, value, "divergence")
 
 
 @dataclass(frozen=True)

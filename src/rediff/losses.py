@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
 from rediff import divergence, variational
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
 from rediff.model import DiffusionModel, NoisyClassifier
 from rediff.parametrization import Target, coefficients
 from rediff.schedules import DiscreteVP, Schedule
 
 
-class Weighting(str, Enum):
+class Weighting(Choice):
     """The loss weighting over noise levels (see the module table)."""
 
     SIMPLE = "simple"
@@ -46,22 +45,14 @@ class Weighting(str, Enum):
     EDM = "edm"
     LIKELIHOOD = "likelihood"
 
-    @classmethod
-    def parse(cls, value: Weighting | str) -> Weighting:
-        return parse_choice(cls, value, "weighting")
 
-
-class TimeSampler(str, Enum):
+class TimeSampler(Choice):
     """How training times are drawn: DDPM's uniform integer steps (DiscreteVP), uniform t in
     [t_min, t_max], or EDM's log-normal noise level ln s ~ N(p_mean, p_std^2)."""
 
     STEPS = "steps"
     UNIFORM = "uniform"
     LOGNORMAL = "lognormal"
-
-    @classmethod
-    def parse(cls, value: TimeSampler | str) -> TimeSampler:
-        return parse_choice(cls, value, "time sampler")
 
 
 @dataclass(frozen=True)
@@ -232,7 +223,7 @@ def classifier_loss(
     return -classifier(x_t, t, labels).mean()
 
 
-class Loss(str, Enum):
+class Loss(Choice):
     """The training objective of ``Objective``."""
 
     DENOISING = "denoising"
@@ -243,10 +234,6 @@ class Loss(str, Enum):
     SLICED_SM = "sliced_sm"
     EXACT_SM = "exact_sm"
     CLASSIFIER = "classifier"  # trains a NoisyClassifier, not a denoiser
-
-    @classmethod
-    def parse(cls, value: Loss | str) -> Loss:
-        return parse_choice(cls, value, "loss")
 
 
 @dataclass(frozen=True)

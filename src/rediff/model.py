@@ -8,13 +8,12 @@ only, so a trained network and the exact Gaussian-mixture denoiser are interchan
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from enum import Enum
 from typing import Any
 
 import torch
 from torch import nn
 
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor, batch_time, expand_to
 from rediff.parametrization import Prediction, Target, convert, input_scale
 from rediff.schedules import DiscreteVP, Schedule
@@ -63,7 +62,7 @@ class Conditioned(Denoiser):
         return self.denoiser.with_variance(x_t, t, **{**self.cond, **cond})
 
 
-class TimeInput(str, Enum):
+class TimeInput(Choice):
     """What the network receives as its time input.
 
     - ``t``: the schedule's own time t (for EDM, the noise level);
@@ -75,11 +74,6 @@ class TimeInput(str, Enum):
     T = "t"
     STEP = "step"
     C_NOISE = "c_noise"
-
-    @classmethod
-    def parse(cls, value: TimeInput | str) -> TimeInput:
-        """``value`` as a TimeInput, or a ValueError listing the valid names."""
-        return parse_choice(cls, value, "time input")
 
 
 def time_feature(time_input: TimeInput, schedule: Schedule, t: Tensor) -> Tensor:

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor, expand_to
 
 
-class Target(str, Enum):
+class Target(Choice, noun="prediction target"):
     """What a network predicts; ``Target.parse`` accepts the names below."""
 
     X0 = "x0"
@@ -44,11 +43,6 @@ class Target(str, Enum):
     SCORE = "score"
     V = "v"
     EDM = "edm"
-
-    @classmethod
-    def parse(cls, value: Target | str) -> Target:
-        """``value`` as a Target, or a ValueError listing the valid names."""
-        return parse_choice(cls, value, "prediction target")
 
 
 def _edm_scalings(alpha: Tensor, sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor]:

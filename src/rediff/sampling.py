@@ -14,9 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from rediff import grids, samplers
-from rediff._tensor import NoiseSource, Tensor, randn
+from rediff._tensor import Tensor
 from rediff.model import Denoiser
-from rediff.samplers._common import Step, noise_like, point_at, transition_variance
+from rediff.noise import Randomness, SharedNoise, offset
+from rediff.samplers._common import noise_like
+from rediff.transitions import point_at, transition_variance
 
 
 class CountingDenoiser(Denoiser):
@@ -62,48 +64,15 @@ class Resampling:
                 raise ValueError(f"Resampling.{name} must be an int >= 1, got {value!r}")
 
 
-@dataclass(frozen=True)
-class SharedNoise:
-    """Samples that share their randomness (Ho et al. 2020, section 4.3 and figure 7): the
-    batch is cut into ``groups`` consecutive groups; the members of a group share x_T and the
-    noise injected in the first ``until`` steps, and draw their own afterwards. ``until`` = 0
-    shares x_T only; ``until`` >= steps makes the members identical."""
-
-    until: int
-    groups: int = 1
-
-    def __post_init__(self) -> None:
-        for name, low in (("until", 0), ("groups", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"SharedNoise.{name} must be an int >= {low}, got {value!r}")
-
-
-class _SharedDraws(NoiseSource):
-    """The generator of a run with ``SharedNoise``: ``step`` is the step now running (-1
-    while x_T is drawn); draws are shared within groups while step < until."""
-
-    def __init__(self, shared: SharedNoise, generator: torch.Generator | None, n: int) -> None:
-        if n % shared.groups:
-            raise ValueError(
-                f"SharedNoise.groups = {shared.groups} must divide the number of samples {n}"
-            )
-        self.shared, self.generator, self.step = shared, generator, -1
-
-    def randn(self, shape, dtype, device) -> Tensor:
-        groups = self.shared.groups
-        if self.step >= self.shared.until:
-            return randn(shape, self.generator, dtype, device)
-        z = randn((groups, *shape[1:]), self.generator, dtype, device)
-        return z.repeat_interleave(shape[0] // groups, dim=0)
-
-
-def renoise(denoiser: Denoiser, x: Tensor, t: float, s: float, generator) -> Tensor:
+def renoise(
+    denoiser: Denoiser, x: Tensor, t: float, s: float, generator: Randomness, step: int = 0
+) -> Tensor:
     """Draw x_s ~ q(x_s | x_t) for s > t: (alpha_s / alpha_t) x_t + sqrt(sigma_s^2 -
-    (alpha_s / alpha_t)^2 sigma_t^2) z (the forward transition; t = 0 allowed)."""
-    p, q = point_at(denoiser, s), point_at(denoiser, t)
+    (alpha_s / alpha_t)^2 sigma_t^2) z (the forward transition; t = 0 allowed), with the
+    noise of grid step ``step`` (between s and t)."""
+    p, q = point_at(denoiser.schedule, s), point_at(denoiser.schedule, t)
     std = math.sqrt(transition_variance(p, q))
-    return (p.alpha / q.alpha) * x + std * noise_like(x, generator)
+    return (p.alpha / q.alpha) * x + std * noise_like(x, generator, step, p, q)
 
 
 def _integrate(entry, denoiser, x, ts, generator, callback, options, resampling) -> Tensor:
@@ -112,12 +81,11 @@ def _integrate(entry, denoiser, x, ts, generator, callback, options, resampling)
         return entry.function(denoiser, x, ts, generator=generator, callback=callback, **options)
     for start in range(0, len(ts) - 1, resampling.jump):
         segment = ts[start : start + resampling.jump + 1]
+        source = offset(generator, start)  # the segment's steps keep their grid numbers
         for k in range(resampling.times):
             if k:  # back to the segment's start
-                x = renoise(denoiser, x, float(segment[-1]), float(segment[0]), generator)
-            x = entry.function(
-                denoiser, x, segment, generator=generator, callback=callback, **options
-            )
+                x = renoise(denoiser, x, float(segment[-1]), float(segment[0]), source)
+            x = entry.function(denoiser, x, segment, generator=source, callback=callback, **options)
     return x
 
 
@@ -131,7 +99,7 @@ def sample(
     spacing: str | None = None,
     final_step: bool = True,
     t_min: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -148,21 +116,13 @@ def sample(
     entry = samplers.get(sampler)
     spacing = entry.spacing if spacing is None else spacing
     ts = grids.make(denoiser.schedule, steps, spacing, t_min=t_min, final_step=final_step)
-    source = generator if shared is None else _SharedDraws(shared, generator, shape[0])
+    source = generator if shared is None else shared.source(generator, shape[0])
     x = denoiser.schedule.prior_sample(tuple(shape), generator=source, dtype=dtype, device=device)
     counting = CountingDenoiser(denoiser)
     passes = 1 if resampling is None else resampling.times
     total = (len(ts) - 1) * passes
     with tqdm(total=total, desc=f"{sampler} ({steps} steps)", disable=not progress) as bar:
-
-        def advance(step: Step) -> None:
-            if shared is not None:
-                source.step += 1
-            bar.update(1)
-
-        if shared is not None:
-            source.step = 0
         options = {**entry.options, **options}
-        x = _integrate(entry, counting, x, ts, source, advance, options, resampling)
+        x = _integrate(entry, counting, x, ts, source, lambda _: bar.update(1), options, resampling)
         bar.update(bar.total - bar.n)  # adaptive solvers report once, at the end
     return Samples(x, counting.calls, ts)

@@ -26,30 +26,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
 from rediff.model import Denoiser
-from rediff.samplers.ancestral import interpolated_variance
 from rediff.schedules import DiscreteVP
+from rediff.transitions import interpolated_variance, step_table
 
 _LN2 = math.log(2.0)
 
 
-class ReverseVariance(str, Enum):
+class ReverseVariance(Choice):
     """The variance of p(x_{k-1} | x_k): beta_k (upper bound), beta_tilde_k, or the model's
     learned interpolation between their logarithms."""
 
     BETA = "beta"
     BETA_TILDE = "beta_tilde"
     LEARNED = "learned"
-
-    @classmethod
-    def parse(cls, value: ReverseVariance | str) -> ReverseVariance:
-        return parse_choice(cls, value, "reverse variance")
 
 
 def discrete_schedule(denoiser: Denoiser) -> DiscreteVP:
@@ -63,35 +58,17 @@ def discrete_schedule(denoiser: Denoiser) -> DiscreteVP:
     return schedule
 
 
-@dataclass(frozen=True)
-class StepCoefficients:
-    """Float64 [T] tables indexed by k - 1: beta_k, c0_k, beta_tilde_k."""
-
-    beta: Tensor
-    c0: Tensor
-    beta_tilde: Tensor
-
-    @classmethod
-    def of(cls, schedule: DiscreteVP) -> StepCoefficients:
-        abar = schedule.alphas_cumprod()
-        beta = torch.tensor(schedule.betas, dtype=torch.float64)
-        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        sigma2 = 1.0 - abar
-        return cls(
-            beta=beta,
-            c0=abar_prev.sqrt() * beta / sigma2,
-            beta_tilde=(1.0 - abar_prev) * beta / sigma2,
-        )
-
-    def reverse_variance(self, variance: ReverseVariance) -> Tensor:
-        """s_k^2 of a fixed variance, float64 [T]."""
-        if variance is ReverseVariance.BETA:
-            return self.beta
-        if variance is ReverseVariance.LEARNED:
-            raise ValueError("a learned variance depends on x_k: see _reverse")
-        clipped = self.beta_tilde.clone()
-        clipped[0] = self.beta_tilde[1] if len(clipped) > 1 else self.beta[0]
-        return clipped
+def reverse_variance(schedule: DiscreteVP, variance: ReverseVariance) -> Tensor:
+    """s_k^2 of a fixed variance, float64 [T] indexed by k - 1: beta_k, or beta_tilde_k with
+    beta_tilde_1 = 0 replaced by beta_tilde_2 (improved DDPM's clipped log-variance)."""
+    table = step_table(schedule)
+    if variance is ReverseVariance.BETA:
+        return table.beta
+    if variance is ReverseVariance.LEARNED:
+        raise ValueError("a learned variance depends on x_k: see _reverse")
+    clipped = table.beta_tilde.clone()
+    clipped[0] = table.beta_tilde[1] if len(clipped) > 1 else table.beta[0]
+    return clipped
 
 
 def _normal_cdf(z: Tensor) -> Tensor:
@@ -149,19 +126,20 @@ def _reverse(
     (the hybrid loss trains the variance only with the bound)."""
     schedule = discrete_schedule(denoiser)
     x_k = schedule.marginal(x0, t, noise)
-    coefficients = StepCoefficients.of(schedule)
+    beta = step_table(schedule).beta
     x64 = x0.to(torch.float64)  # coefficients broadcast in float64: the KL's constant part
     # log(s^2 / v) + v / s^2 - 1 cancels to ~1e-10 at large k
     if variance is ReverseVariance.LEARNED:
         x0_hat, fraction = denoiser.with_variance(x_k, t, **cond)
-        beta = expand_to(coefficients.beta[i].to(x0.device), x64)
-        clipped = coefficients.reverse_variance(ReverseVariance.BETA_TILDE)
+        clipped = reverse_variance(schedule, ReverseVariance.BETA_TILDE)
         s2 = interpolated_variance(
-            fraction.to(torch.float64), beta, expand_to(clipped[i].to(x0.device), x64)
+            fraction.to(torch.float64),
+            expand_to(beta[i].to(x0.device), x64),
+            expand_to(clipped[i].to(x0.device), x64),
         )
     else:
         x0_hat = denoiser(x_k, t, **cond)
-        s2 = expand_to(coefficients.reverse_variance(variance)[i].to(x0.device), x64)
+        s2 = expand_to(reverse_variance(schedule, variance)[i].to(x0.device), x64)
     x0_hat = x0_hat.detach() if detach_mean else x0_hat
     return x0_hat.to(torch.float64), s2
 
@@ -184,7 +162,7 @@ def kl_term(
         raise ValueError("kl_term takes k >= 2; k = 1 is the decoder term (decoder_nll)")
     variance = ReverseVariance.parse(variance)
     x0_hat, s2 = _reverse(denoiser, x0, i, t, noise, variance, detach_mean, cond)
-    c, x64 = StepCoefficients.of(schedule), x0.to(torch.float64)
+    c, x64 = step_table(schedule), x0.to(torch.float64)
     v = expand_to(c.beta_tilde[i].to(x0.device), x64)
     c0 = expand_to(c.c0[i].to(x0.device), x64)
     err = (c0 * (x64 - x0_hat)).square()

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from torch import nn
 
 from rediff._tensor import Tensor
-from rediff.nets.embedding import TimeEmbedding
-from rediff.nets.unet import DIGITS, _norm, check_image, down_path, encode, middle
+from rediff.nets.unet import DIGITS, Encoder, _norm
 
 
-class NoiseClassifier(nn.Module):
+class NoiseClassifier(Encoder):
     """net(x [B, C, H, W], time [B]) -> logits [B, num_classes]; arguments as ``UNet``'s."""
 
     def __init__(
@@ -34,17 +33,21 @@ class NoiseClassifier(nn.Module):
         groups: int = 32,
         time_scale: float = 1.0,
     ):
-        super().__init__()
         if num_classes < 2:
             raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes}")
-        self.channels, self.resolution, self.num_classes = channels, resolution, num_classes
-        emb_dim = 4 * ch
-        self.embed = TimeEmbedding(ch, emb_dim, time_scale)
-        self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
-        self.down, widths = down_path(
-            ch, ch_mult, num_res_blocks, attn_resolutions, resolution, emb_dim, dropout, groups
+        super().__init__(
+            channels,
+            resolution,
+            ch,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            dropout,
+            groups,
+            time_scale,
         )
-        self.mid = middle(widths[-1], emb_dim, dropout, groups)
+        self.num_classes = num_classes
+        widths = self.widths
         self.out = nn.Sequential(
             _norm(widths[-1], groups),
             nn.SiLU(),
@@ -64,7 +67,5 @@ class NoiseClassifier(nn.Module):
         return cls(**{**dict(num_classes=10, channels=3, resolution=32), **overrides})
 
     def forward(self, x: Tensor, time: Tensor) -> Tensor:
-        check_image(x, self.channels, self.resolution, type(self).__name__)
-        emb = self.embed(time)
-        h, _ = encode(self.conv_in(x), self.down, self.mid, emb)
+        h, _, _ = self.encode(x, time)
         return self.out(h)

@@ -112,20 +112,6 @@ def middle(width: int, emb_dim: int, dropout: float, groups: int) -> nn.ModuleLi
     )
 
 
-def encode(h: Tensor, down: nn.ModuleList, mid: nn.ModuleList, emb: Tensor):
-    """Run the downsampling half and the middle: (lowest-resolution features, skips)."""
-    skips = [h]
-    for layer in down:
-        h = layer(h, emb) if isinstance(layer, (ResBlock, Attention)) else layer(h)
-        if not isinstance(layer, Attention):
-            skips.append(h)
-        else:
-            skips[-1] = h
-    for layer in mid:
-        h = layer(h, emb)
-    return h, skips
-
-
 def check_image(x: Tensor, channels: int, resolution: int, name: str) -> None:
     if x.shape[1:] != (channels, resolution, resolution):
         raise ValueError(
@@ -134,7 +120,52 @@ def check_image(x: Tensor, channels: int, resolution: int, name: str) -> None:
         )
 
 
-class UNet(nn.Module):
+class Encoder(nn.Module):
+    """The UNet's first half, shared by ``UNet`` and ``NoiseClassifier``: time (and class)
+    embedding, input convolution, the downsampling path and the middle blocks. Arguments as
+    ``UNet``'s; ``widths`` are the channel widths of the skips the path leaves."""
+
+    def __init__(
+        self,
+        channels: int,
+        resolution: int,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        dropout: float,
+        groups: int,
+        time_scale: float,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        self.channels, self.resolution = channels, resolution
+        emb_dim = 4 * ch
+        self.embed = TimeEmbedding(ch, emb_dim, time_scale, num_classes)
+        self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
+        self.down, self.widths = down_path(
+            ch, ch_mult, num_res_blocks, attn_resolutions, resolution, emb_dim, dropout, groups
+        )
+        self.mid = middle(self.widths[-1], emb_dim, dropout, groups)
+
+    def encode(self, x: Tensor, time: Tensor, labels: Tensor | None = None):
+        """(lowest-resolution features, skips, embedding) of images x [B, C, H, W]."""
+        check_image(x, self.channels, self.resolution, type(self).__name__)
+        emb = self.embed(time, labels)
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, (ResBlock, Attention)) else layer(h)
+            if not isinstance(layer, Attention):
+                skips.append(h)
+            else:
+                skips[-1] = h
+        for layer in self.mid:
+            h = layer(h, emb)
+        return h, skips, emb
+
+
+class UNet(Encoder):
     """net(x [B, C, H, W], time [B], labels=None) -> [B, C, H, W].
 
     Args:
@@ -162,16 +193,20 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         outputs: int = 1,
     ):
-        super().__init__()
-        self.channels, self.resolution = channels, resolution
-        emb_dim = 4 * ch
-        self.embed = TimeEmbedding(ch, emb_dim, time_scale, num_classes)
-        self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
-        self.down, widths = down_path(
-            ch, ch_mult, num_res_blocks, attn_resolutions, resolution, emb_dim, dropout, groups
+        super().__init__(
+            channels,
+            resolution,
+            ch,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            dropout,
+            groups,
+            time_scale,
+            num_classes,
         )
+        emb_dim, widths = 4 * ch, list(self.widths)
         width, res = widths[-1], resolution // 2 ** (len(ch_mult) - 1)
-        self.mid = middle(width, emb_dim, dropout, groups)
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
@@ -202,9 +237,7 @@ class UNet(nn.Module):
         return cls(**{**dict(channels=3, resolution=32), **overrides})
 
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
-        check_image(x, self.channels, self.resolution, type(self).__name__)
-        emb = self.embed(time, labels)
-        h, skips = encode(self.conv_in(x), self.down, self.mid, emb)
+        h, skips, emb = self.encode(x, time, labels)
         for layer in self.up:
             if isinstance(layer, ResBlock):
                 h = layer(torch.cat([h, skips.pop()], dim=1), emb)

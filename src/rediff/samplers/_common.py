@@ -13,29 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from rediff import grids
-from rediff._tensor import Tensor, check_finite, randn
+from rediff import noise
+from rediff._tensor import Tensor, check_finite
 from rediff.model import Denoiser
 from rediff.parametrization import Target, convert
-
-
-@dataclass(frozen=True)
-class Point:
-    """A grid time with its coefficients (float64): alpha, sigma and lam = log(alpha / sigma)
-    (half the log-SNR, DPM-Solver's lambda). At t = 0: alpha = 1, sigma = 0, lam = +inf."""
-
-    t: float
-    alpha: float
-    sigma: float
-    lam: float
-
-    @property
-    def noise_level(self) -> float:
-        return self.sigma / self.alpha
-
-    @property
-    def is_data(self) -> bool:
-        return self.sigma == 0.0
+from rediff.transitions import Point, expm1_neg
 
 
 @dataclass(frozen=True)
@@ -53,26 +35,6 @@ class Step:
 Callback = Callable[[Step], None]
 
 
-def points(denoiser: Denoiser, ts: Tensor) -> list[Point]:
-    """Validate ``ts`` against the denoiser's schedule and return its coordinates."""
-    schedule = denoiser.schedule
-    ts = grids.check(schedule, ts)
-    alpha, sigma = schedule.alpha(ts).tolist(), schedule.sigma(ts).tolist()
-    lam = (0.5 * schedule.log_snr(ts)).tolist()
-    return [Point(*p) for p in zip(ts.tolist(), alpha, sigma, lam, strict=True)]
-
-
-def point_at(denoiser: Denoiser, t: float) -> Point:
-    """The coordinates of one time (for intermediate times of single-step solvers)."""
-    s = denoiser.schedule
-    return Point(t, float(s.alpha(t)), float(s.sigma(t)), float(0.5 * s.log_snr(t)))
-
-
-def point_at_lam(denoiser: Denoiser, lam: float) -> Point:
-    """The point with half-log-SNR ``lam`` (an intermediate time in log-SNR)."""
-    return point_at(denoiser, float(denoiser.schedule.t_from_log_snr(2.0 * lam)))
-
-
 def working(x: Tensor) -> Tensor:
     """The starting point x, checked to be finite (every sampler starts here), promoted to at
     least float32 for the loop (bfloat16 and float16 inputs)."""
@@ -80,15 +42,23 @@ def working(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """N(0, I) noise shaped like x, drawn from ``generator`` (never the global RNG state when
-    a generator is given)."""
-    return randn(x.shape, generator, x.dtype, x.device)
+def noise_like(x: Tensor, generator: noise.Randomness, i: int, p: Point, q: Point) -> Tensor:
+    """N(0, I) shaped like x for step i of the grid, from p to q: fresh from ``generator``
+    (never the global RNG state when a generator is given), or asked of a NoiseSource for
+    that step (``rediff.noise``)."""
+    return noise.draw(generator, x.shape, x.dtype, x.device, step=i, t=p.t, t_next=q.t)
 
 
 def eps_from_x0(x: Tensor, x0_hat: Tensor, p: Point) -> Tensor:
     """eps_hat = (x - alpha x0_hat) / sigma, through the one conversion module."""
     return convert(x0_hat, x, p.alpha, p.sigma, Target.X0, Target.EPS)
+
+
+def data_step(x: Tensor, x0_hat: Tensor, p: Point, q: Point) -> Tensor:
+    """The first-order exponential-integrator step in data prediction, from p to q (Lu et al.
+    2022b, DPM-Solver++ eq. 8 with D constant; = DDIM with eta = 0; UniPC's base):
+    x_q = (sigma_q / sigma_p) x_p + alpha_q (1 - e^{-h}) x0_hat, h = lam_q - lam_p."""
+    return (q.sigma / p.sigma) * x + q.alpha * expm1_neg(q.lam - p.lam) * x0_hat
 
 
 def evaluate(denoiser: Denoiser, x: Tensor, p: Point, target: Target) -> tuple[Tensor, Tensor]:
@@ -111,18 +81,6 @@ def check_order(order: int, allowed: tuple[int, ...]) -> None:
 def notify(callback: Callback | None, i: int, p: Point, q: Point, x: Tensor, x0: Tensor) -> None:
     if callback is not None:
         callback(Step(i, p.t, q.t, x, x0))
-
-
-def expm1_neg(h: float) -> float:
-    """1 - exp(-h) for h in (0, inf], exact at h = inf (the jump to sigma = 0)."""
-    return -math.expm1(-h)
-
-
-def transition_variance(p: Point, q: Point) -> float:
-    """Variance of the forward transition q(x_p | x_q) from the less noisy q to p:
-    sigma_p^2 - (alpha_p/alpha_q)^2 sigma_q^2 = sigma_p^2 (1 - e^{-2h}) (DDPM's beta for one
-    step; the reverse-diffusion predictor's G^2)."""
-    return p.sigma**2 * expm1_neg(2.0 * (q.lam - p.lam))
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:

@@ -23,29 +23,30 @@ from __future__ import annotations
 
 import itertools
 import math
-from enum import Enum
 
-import torch
-
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
+from rediff.noise import Randomness
 from rediff.samplers._common import (
     Callback,
-    Point,
     check_positive,
     eps_from_x0,
-    expm1_neg,
     noise_like,
     notify,
-    points,
-    transition_variance,
     working,
 )
 from rediff.samplers.analytic import GammaTable
+from rediff.transitions import (
+    Point,
+    learned_variance,
+    points,
+    posterior_variance,
+    transition_variance,
+)
 
 
-class Variance(str, Enum):
+class Variance(Choice):
     """DDPM's reverse variance: beta (upper bound), beta_tilde (lower bound), the model's
     learned interpolation between them, or Analytic-DPM."""
 
@@ -53,15 +54,6 @@ class Variance(str, Enum):
     BETA_TILDE = "beta_tilde"
     LEARNED = "learned"
     ANALYTIC = "analytic"
-
-    @classmethod
-    def parse(cls, value: Variance | str) -> Variance:
-        return parse_choice(cls, value, "variance")
-
-
-def posterior_variance(p: Point, q: Point) -> float:
-    """c^2 = sigma_q^2 (1 - e^{-2h}): the variance of q(x_q | x_p, x0)."""
-    return q.sigma**2 * expm1_neg(2.0 * (q.lam - p.lam))
 
 
 def optimal_variance(p: Point, q: Point, v: float, gamma: float) -> float:
@@ -71,26 +63,8 @@ def optimal_variance(p: Point, q: Point, v: float, gamma: float) -> float:
     return v + gap**2 * (1.0 - min(max(gamma, 0.0), 1.0))
 
 
-def interpolated_variance(
-    fraction: Tensor, beta: Tensor | float, beta_tilde: Tensor | float
-) -> Tensor:
-    """exp(f log beta + (1 - f) log beta_tilde): a learned variance between DDPM's two fixed
-    ones, per element of the model's fraction f (Nichol & Dhariwal 2021, eq. 15)."""
-    log_beta = torch.log(torch.as_tensor(beta, dtype=fraction.dtype, device=fraction.device))
-    log_tilde = torch.log(torch.as_tensor(beta_tilde, dtype=fraction.dtype, device=fraction.device))
-    return torch.exp(fraction * log_beta + (1.0 - fraction) * log_tilde)
-
-
-def learned_variance(p: Point, q: Point, fraction: Tensor) -> Tensor:
-    """The learned variance of the step p -> q (beta and beta_tilde of that step); 0 into
-    data."""
-    if q.is_data:
-        return torch.zeros_like(fraction)
-    return interpolated_variance(fraction, transition_variance(p, q), posterior_variance(p, q))
-
-
 def _family_step(
-    x: Tensor, x0: Tensor, p: Point, q: Point, v: float, w: float | Tensor, generator
+    x: Tensor, x0: Tensor, p: Point, q: Point, v: float, w: float | Tensor, generator, i: int
 ) -> Tensor:
     """x_q = alpha_q x0 + sqrt(sigma_q^2 - v) eps_hat + sqrt(w) z (no noise into t = 0); w is
     a number or a tensor of per-element variances."""
@@ -98,8 +72,8 @@ def _family_step(
         return x0
     mean = q.alpha * x0 + math.sqrt(max(q.sigma**2 - v, 0.0)) * eps_from_x0(x, x0, p)
     if isinstance(w, Tensor):
-        return mean + w.sqrt().to(mean.dtype) * noise_like(x, generator)
-    return mean + math.sqrt(w) * noise_like(x, generator) if w > 0 else mean
+        return mean + w.sqrt().to(mean.dtype) * noise_like(x, generator, i, p, q)
+    return mean + math.sqrt(w) * noise_like(x, generator, i, p, q) if w > 0 else mean
 
 
 def _gamma_at(gamma: GammaTable | None, p: Point) -> float:
@@ -116,7 +90,7 @@ def ddim(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     eta: float = 0.0,
     gamma: GammaTable | None = None,
@@ -124,13 +98,13 @@ def ddim(
     """DDIM (Song et al. 2021, eq. 12): eta = 0 is deterministic, eta = 1 has DDPM's posterior
     variance. With ``gamma`` (and eta > 0) the noise uses Analytic-DPM's optimal variance."""
     eta = check_positive("eta", eta, allow_zero=True)
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser(x, p.t)
         v = eta**2 * posterior_variance(p, q)
         w = v if gamma is None or eta == 0 else optimal_variance(p, q, v, _gamma_at(gamma, p))
-        x = _family_step(x, x0, p, q, v, w, generator)
+        x = _family_step(x, x0, p, q, v, w, generator, i)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 
@@ -140,7 +114,7 @@ def ddpm(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     variance: Variance | str = Variance.BETA,
     gamma: GammaTable | None = None,
@@ -149,7 +123,7 @@ def ddpm(
     plus noise of variance ``beta``, ``beta_tilde``, ``learned`` (a model built with
     learned_variance) or ``analytic`` (needs ``gamma``)."""
     variance = Variance.parse(variance)
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         v = posterior_variance(p, q)
@@ -164,6 +138,6 @@ def ddpm(
                 w = v
             else:
                 w = optimal_variance(p, q, v, _gamma_at(gamma, p))
-        x = _family_step(x, x0, p, q, v, w, generator)
+        x = _family_step(x, x0, p, q, v, w, generator, i)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)

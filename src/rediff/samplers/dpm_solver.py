@@ -17,24 +17,21 @@ from __future__ import annotations
 import itertools
 import math
 
-import torch
-
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
+from rediff.noise import Randomness
 from rediff.parametrization import Target
 from rediff.samplers._common import (
     Callback,
-    Point,
     check_order,
+    data_step,
     evaluate,
-    expm1_neg,
     noise_like,
     notify,
-    point_at_lam,
-    points,
     push,
     working,
 )
+from rediff.transitions import Point, expm1_neg, point_at_lam, points
 
 # ---- DPM-Solver (noise prediction, single-step) ---------------------------------------------
 
@@ -58,12 +55,12 @@ def _dpm_solver_step(
         return _first_order(x, eps, p, q)
     if order == 2:
         r1 = 0.5
-        s1 = point_at_lam(denoiser, p.lam + r1 * h)
+        s1 = point_at_lam(denoiser.schedule, p.lam + r1 * h)
         eps1, _ = _eps(denoiser, _first_order(x, eps, p, s1), s1)
         return _first_order(x, eps, p, q) - (q.sigma / (2 * r1)) * math.expm1(h) * (eps1 - eps)
     r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-    s1 = point_at_lam(denoiser, p.lam + r1 * h)
-    s2 = point_at_lam(denoiser, p.lam + r2 * h)
+    s1 = point_at_lam(denoiser.schedule, p.lam + r1 * h)
+    s2 = point_at_lam(denoiser.schedule, p.lam + r2 * h)
     eps1, _ = _eps(denoiser, _first_order(x, eps, p, s1), s1)
     phi_r2 = math.expm1(r2 * h) / (r2 * h) - 1.0
     u2 = _first_order(x, eps, p, s2) - (s2.sigma * r2 / r1) * phi_r2 * (eps1 - eps)
@@ -77,7 +74,7 @@ def dpm_solver(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     order: int = 2,
 ) -> Tensor:
@@ -85,7 +82,7 @@ def dpm_solver(
     step (one for the step into t = 0). Order 1 is DDIM (eta = 0)."""
     del generator  # deterministic
     check_order(order, (1, 2, 3))
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         eps, x0 = _eps(denoiser, x, p)
@@ -123,9 +120,8 @@ def _pp_ode_step(x, history, p: Point, q: Point, order: int) -> Tensor:
     [+ alpha_q phi_2 D1 - alpha_q phi_3 D2 (3M)], phi_1 = e^{-h} - 1, phi_2 = phi_1/h + 1,
     phi_3 = phi_2/h - 1/2: the exact integral of e^{lam - lam_q} D for D quadratic in lam."""
     h = q.lam - p.lam
-    d0 = history[-1][1]
     phi_1 = -expm1_neg(h)
-    x_next = (q.sigma / p.sigma) * x - q.alpha * phi_1 * d0
+    x_next = data_step(x, history[-1][1], p, q)
     if order == 1:
         return x_next
     d1, d2 = _data_derivatives(history, h, order)
@@ -136,7 +132,7 @@ def _pp_ode_step(x, history, p: Point, q: Point, order: int) -> Tensor:
     return x_next + q.alpha * phi_2 * d1 - q.alpha * phi_3 * d2
 
 
-def _pp_sde_step(x, history, p: Point, q: Point, order: int, generator) -> Tensor:
+def _pp_sde_step(x, history, p: Point, q: Point, order: int, generator, i: int) -> Tensor:
     """SDE-DPM-Solver++ (Lu et al. 2022b, section 5) with the data term integrated exactly
     for D linear in lam:
     x_q = (sigma_q/sigma_p) e^{-h} x + alpha_q (1 - e^{-2h}) D_0
@@ -148,7 +144,7 @@ def _pp_sde_step(x, history, p: Point, q: Point, order: int, generator) -> Tenso
     if order == 2:
         d1, _ = _data_derivatives(history, h, 2)
         x_next = x_next + q.alpha * (1.0 - k / (2.0 * h)) * d1
-    return x_next + q.sigma * math.sqrt(k) * noise_like(x, generator)
+    return x_next + q.sigma * math.sqrt(k) * noise_like(x, generator, i, p, q)
 
 
 def dpm_solver_pp(
@@ -156,7 +152,7 @@ def dpm_solver_pp(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     order: int = 2,
     sde: bool = False,
@@ -165,7 +161,7 @@ def dpm_solver_pp(
     evaluation per step, lower orders while the history fills up and for the step into
     t = 0. ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects fresh noise."""
     check_order(order, (1, 2) if sde else (1, 2, 3))
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     history: list[tuple[float, Tensor]] = []
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
@@ -173,7 +169,7 @@ def dpm_solver_pp(
         history = push(history, (p.lam, x0), order)
         step_order = 1 if q.is_data else min(order, len(history))
         if sde and not q.is_data:
-            x = _pp_sde_step(x, history, p, q, step_order, generator)
+            x = _pp_sde_step(x, history, p, q, step_order, generator, i)
         else:
             x = _pp_ode_step(x, history, p, q, step_order)
         notify(callback, i, p, q, x, x0)

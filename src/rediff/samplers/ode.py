@@ -17,16 +17,9 @@ import torch
 
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
-from rediff.samplers._common import (
-    Callback,
-    Point,
-    check_positive,
-    noise_like,
-    notify,
-    point_at,
-    points,
-    working,
-)
+from rediff.noise import Randomness
+from rediff.samplers._common import Callback, check_positive, noise_like, notify, working
+from rediff.transitions import Point, point_at, points
 
 
 def euler(
@@ -34,13 +27,13 @@ def euler(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE in noise level (Karras et al. 2022, alg. 1
     without the Heun correction): y_q = y_p + (s_q - s_p) (y_p - x0_hat) / s_p."""
     del generator  # deterministic
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser(x, p.t)
@@ -52,7 +45,7 @@ def euler(
 
 
 def _churn(
-    denoiser: Denoiser, x: Tensor, p: Point, gamma: float, s_noise: float, generator
+    denoiser: Denoiser, x: Tensor, p: Point, gamma: float, s_noise: float, generator, i: int
 ) -> tuple[Tensor, Point]:
     """EDM's stochastic 'churn' (Karras et al. 2022, alg. 2, lines 4-6): raise the noise level
     from s to s_hat = s (1 + gamma) by adding fresh noise of variance s_hat^2 - s^2."""
@@ -60,9 +53,9 @@ def _churn(
     s_hat = min(p.noise_level * (1.0 + gamma), s_max)
     if s_hat <= p.noise_level:
         return x, p
-    hat = point_at(denoiser, float(denoiser.schedule.t_from_noise_level(s_hat)))
+    hat = point_at(denoiser.schedule, float(denoiser.schedule.t_from_noise_level(s_hat)))
     extra = math.sqrt(hat.noise_level**2 - p.noise_level**2) * s_noise
-    y = x / p.alpha + extra * noise_like(x, generator)
+    y = x / p.alpha + extra * noise_like(x, generator, i, p, hat)
     return hat.alpha * y, hat
 
 
@@ -71,7 +64,7 @@ def heun(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     churn: float = 0.0,
     s_tmin: float = 0.0,
@@ -86,13 +79,13 @@ def heun(
     """
     churn = check_positive("churn", churn, allow_zero=True)
     s_noise = check_positive("s_noise", s_noise, allow_zero=True)
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     n = len(grid) - 1
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         gamma = min(churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= p.noise_level <= s_tmax else 0.0
         if gamma > 0:
-            x, p = _churn(denoiser, x, p, gamma, s_noise, generator)
+            x, p = _churn(denoiser, x, p, gamma, s_noise, generator, i)
         x0 = denoiser(x, p.t)
         y = x / p.alpha
         slope = (y - x0) / p.noise_level
@@ -132,7 +125,7 @@ def ode(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
@@ -151,7 +144,7 @@ def ode(
     del generator  # deterministic
     check_positive("rtol", rtol)
     check_positive("atol", atol)
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     start, end = grid[0], grid[-2] if grid[-1].is_data else grid[-1]
 

@@ -11,25 +11,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from enum import Enum
 
-import torch
-
-from rediff._choices import parse_choice
+from rediff._choices import Choice
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
+from rediff.noise import Randomness
 from rediff.parametrization import Target
-from rediff.samplers._common import (
-    Callback,
-    Point,
-    check_positive,
-    evaluate,
-    noise_like,
-    notify,
-    points,
-    transition_variance,
-    working,
-)
+from rediff.samplers._common import Callback, check_positive, evaluate, noise_like, notify, working
+from rediff.transitions import Point, points, transition_variance
 
 
 def _score(denoiser: Denoiser, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
@@ -38,13 +27,13 @@ def _score(denoiser: Denoiser, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
 
 
 def _euler_maruyama_step(
-    denoiser: Denoiser, x: Tensor, score: Tensor, p: Point, q: Point, generator
+    denoiser: Denoiser, x: Tensor, score: Tensor, p: Point, q: Point, generator, i: int
 ) -> Tensor:
     """x_q = x_p - [f x_p - g^2 score] (t_p - t_q) + g sqrt(t_p - t_q) z, with f and g at p."""
     dt = p.t - q.t
     schedule = denoiser.schedule
     f, g2 = float(schedule.drift_coef(p.t)), float(schedule.diffusion_squared(p.t))
-    return x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * noise_like(x, generator)
+    return x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * noise_like(x, generator, i, p, q)
 
 
 def euler_maruyama(
@@ -52,31 +41,29 @@ def euler_maruyama(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse SDE (Song et al. 2021, appendix G)."""
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         score, x0 = _score(denoiser, x, p)
-        x = x0 if q.is_data else _euler_maruyama_step(denoiser, x, score, p, q, generator)
+        x = x0 if q.is_data else _euler_maruyama_step(denoiser, x, score, p, q, generator, i)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 
 
-class Predictor(str, Enum):
+class Predictor(Choice):
     """The predictor of ``predictor_corrector``."""
 
     REVERSE_DIFFUSION = "reverse_diffusion"
     EULER_MARUYAMA = "euler_maruyama"
 
-    @classmethod
-    def parse(cls, value: Predictor | str) -> Predictor:
-        return parse_choice(cls, value, "predictor")
 
-
-def _langevin_step(denoiser: Denoiser, x: Tensor, p: Point, a: float, snr: float, generator):
+def _langevin_step(
+    denoiser: Denoiser, x: Tensor, p: Point, a: float, snr: float, generator, i: int
+) -> Tensor:
     """One Langevin corrector step (Song et al. 2021, algorithm 5):
     x += eps score + sqrt(2 eps) z with eps = 2 a (snr ||z|| / ||score||)^2.
 
@@ -87,16 +74,16 @@ def _langevin_step(denoiser: Denoiser, x: Tensor, p: Point, a: float, snr: float
     """
     score, _ = _score(denoiser, x, p)
     step = 2.0 * a * (snr * p.sigma) ** 2
-    return x + step * score + math.sqrt(2.0 * step) * noise_like(x, generator)
+    return x + step * score + math.sqrt(2.0 * step) * noise_like(x, generator, i, p, p)
 
 
-def _reverse_diffusion(x: Tensor, score: Tensor, p: Point, q: Point, generator) -> Tensor:
+def _reverse_diffusion(x: Tensor, score: Tensor, p: Point, q: Point, generator, i: int) -> Tensor:
     """Reverse-diffusion predictor (Song et al. 2021, eq. 46) for the forward transition
     x_p = (alpha_p/alpha_q) x_q + G z, G^2 = sigma_p^2 (1 - e^{-2h}):
     x_q = x_p - (alpha_p/alpha_q - 1) x_p + G^2 score + G z."""
     g2 = transition_variance(p, q)
     mean = (2.0 - p.alpha / q.alpha) * x + g2 * score
-    return mean + math.sqrt(g2) * noise_like(x, generator)
+    return mean + math.sqrt(g2) * noise_like(x, generator, i, p, q)
 
 
 def predictor_corrector(
@@ -104,7 +91,7 @@ def predictor_corrector(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     predictor: Predictor | str = Predictor.REVERSE_DIFFUSION,
     corrector_steps: int = 1,
@@ -117,18 +104,18 @@ def predictor_corrector(
     check_positive("snr", snr)
     if not isinstance(corrector_steps, int) or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         for _ in range(corrector_steps):
-            x = _langevin_step(denoiser, x, p, (p.alpha / q.alpha) ** 2, snr, generator)
+            x = _langevin_step(denoiser, x, p, (p.alpha / q.alpha) ** 2, snr, generator, i)
         score, x0 = _score(denoiser, x, p)
         if q.is_data:
             x = x0
         elif predictor is Predictor.REVERSE_DIFFUSION:
-            x = _reverse_diffusion(x, score, p, q, generator)
+            x = _reverse_diffusion(x, score, p, q, generator, i)
         else:
-            x = _euler_maruyama_step(denoiser, x, score, p, q, generator)
+            x = _euler_maruyama_step(denoiser, x, score, p, q, generator, i)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 
@@ -138,7 +125,7 @@ def annealed_langevin(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     steps_per_level: int = 5,
     step_size: float | None = None,
@@ -154,7 +141,7 @@ def annealed_langevin(
     """
     if not isinstance(steps_per_level, int) or steps_per_level < 1:
         raise ValueError(f"steps_per_level must be an integer >= 1, got {steps_per_level!r}")
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     sigma_last = [p for p in grid if not p.is_data][-1].sigma
     if step_size is None:
         step_size = 0.2 * sigma_last**2
@@ -166,20 +153,20 @@ def annealed_langevin(
         )
     x = working(x)
 
-    def anneal(x: Tensor, p: Point) -> Tensor:
+    def anneal(x: Tensor, i: int, p: Point) -> Tensor:
         a = step_size * (p.sigma / sigma_last) ** 2
         for _ in range(steps_per_level):
             score, _ = _score(denoiser, x, p)
-            x = x + 0.5 * a * score + math.sqrt(a) * noise_like(x, generator)
+            x = x + 0.5 * a * score + math.sqrt(a) * noise_like(x, generator, i, p, p)
         return x
 
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
-        x = anneal(x, p)
+        x = anneal(x, i, p)
         x0 = x
         if q.is_data:
             x0 = denoiser(x, p.t)
             x = x0
         notify(callback, i, p, q, x, x0)
     if not grid[-1].is_data:
-        x = anneal(x, grid[-1])
+        x = anneal(x, len(grid) - 1, grid[-1])
     return x.to(x_in.dtype)

@@ -22,7 +22,9 @@ import torch
 
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
-from rediff.samplers._common import Callback, Point, check_order, notify, points, push, working
+from rediff.noise import Randomness
+from rediff.samplers._common import Callback, check_order, data_step, notify, push, working
+from rediff.transitions import Point, points
 
 
 def _weights(rks: list[float], h: float) -> list[float]:
@@ -47,11 +49,6 @@ def _weights(rks: list[float], h: float) -> list[float]:
     return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
 
 
-def _base(x: Tensor, d_p: Tensor, p: Point, q: Point) -> Tensor:
-    """First-order part: (sigma_q/sigma_p) x_p - alpha_q (e^{-h} - 1) D_p."""
-    return (q.sigma / p.sigma) * x + q.alpha * (-math.expm1(p.lam - q.lam)) * d_p
-
-
 def _update(
     x: Tensor, history: list[tuple[float, Tensor]], p: Point, q: Point, new: Tensor | None
 ) -> Tensor:
@@ -63,7 +60,7 @@ def _update(
     diffs = [(d - d_p) / r for r, (_, d) in zip(rks, history[:-1], strict=True)]
     if new is not None:
         rks, diffs = [*rks, 1.0], [*diffs, new - d_p]
-    x_next = _base(x, d_p, p, q)
+    x_next = data_step(x, d_p, p, q)
     if not diffs:
         return x_next
     weights = _weights(rks, h)
@@ -77,7 +74,7 @@ def unipc(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     order: int = 2,
     corrector: bool = True,
@@ -86,7 +83,7 @@ def unipc(
     UniC corrector (disable with ``corrector=False``), one evaluation per step."""
     del generator  # deterministic
     check_order(order, (1, 2, 3))
-    grid, x_in = points(denoiser, ts), x
+    grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
     history: list[tuple[float, Tensor]] = []
     previous: tuple[Tensor, Point, list[tuple[float, Tensor]]] | None = None

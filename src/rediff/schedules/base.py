@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from rediff import noise
 from rediff._tensor import Tensor, batch_time, expand_to, randn, sum_except_batch
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -241,12 +242,14 @@ class Schedule(ABC):
         self,
         shape: tuple[int, ...] | torch.Size,
         *,
-        generator: torch.Generator | None = None,
+        generator: noise.Randomness = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Draw x_T ~ N(0, prior_std^2 I) of the given shape."""
-        z = randn(shape, generator, dtype, device)
+        """Draw x_T ~ N(0, prior_std^2 I) of the given shape (a NoiseSource is asked for the
+        noise of step -1, at t_max)."""
+        t = self.t_max
+        z = noise.draw(generator, tuple(shape), dtype, device, step=-1, t=t, t_next=t)
         return self.prior_std * z
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
