@@ -8,7 +8,7 @@ Part 1 trains, on this machine's CPU, the class-conditional digits model of
 configs/digits_cfg.toml (10 % label dropout) and the noise-conditional classifier of
 configs/digits_classifier.toml (same schedule). For guidance scales {0, 1, 2, 4} and three
 samplers it draws 360 class-balanced samples per seed (three seeds) and reports the digits
-classifier's accuracy on them (rediff.evaluation, trained independently on the digits
+classifier's accuracy on them (rediff.runs.kinds.digits, trained independently on the digits
 training split) and the Frechet distance to the training digits in that classifier's features
 (floor: the 360 held-out digits), mean +- standard error over seeds:
 
@@ -40,9 +40,10 @@ from pathlib import Path
 import torch
 
 import rediff
-from rediff import data, evaluation, guidance, schedules
+from rediff import data, guidance, schedules
 from rediff.demo import GUIDANCE_SCALES
 from rediff.plots import pyplot
+from rediff.runs.kinds import digits
 from rediff.training import load_config, train
 
 RESULTS = Path(__file__).parent / "results"
@@ -99,8 +100,8 @@ def measure(model, classifier) -> dict[tuple[str, str, float], tuple[list[float]
                         generator=torch.Generator().manual_seed(seed),
                         progress=False,
                     ).x
-                    accuracy.append(evaluation.digits_accuracy(x, labels))
-                    fd.append(evaluation.digits_frechet(x))
+                    accuracy.append(digits.digits_accuracy(x, labels))
+                    fd.append(digits.digits_frechet(x))
                 out[kind, f"{sampler} ({steps} steps)", scale] = (accuracy, fd)
                 print(kind, sampler, scale, statistics.mean(accuracy), statistics.mean(fd))
     return out
@@ -183,8 +184,8 @@ def main() -> None:
         _, model, classifier = train_models(args.steps, Path(tmp))
     with torch.no_grad():
         results = measure(model, classifier)
-    floor = evaluation.digits_frechet_floor()
-    held_out = evaluation.digits_accuracy(*data.digits_split("held_out"))
+    floor = digits.digits_frechet_floor()
+    held_out = digits.digits_accuracy(*data.digits_split("held_out"))
     plot_tradeoff(results, floor, RESULTS / "guidance_tradeoff.png")
     lines = [
         "# Guidance and inpainting",

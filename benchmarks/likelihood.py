@@ -93,7 +93,7 @@ def digits_rows(steps: int) -> list[str]:
         rows = []
         for method, options in (("ode", {"probes": 1}), ("vlb", {"vlb_steps": 0})):
             start = time.perf_counter()
-            row = run_nll(run, method, n=360, **options)
+            row = run_nll(run, method, n=360, **options).row
             seconds = time.perf_counter() - start
             rows.append(f"| {method} | {row.mean:.3f} | {row.se:.3f} | {row.nfe} | {seconds:.0f} |")
     return rows

@@ -19,7 +19,7 @@ after the other, the same loop measured 83 and 106 ms/step on two occasions):
   random integer timesteps, MSE on the noise, EMAModel with its warm-up (power 3/4, max decay
   0.9999), a UNet of about the same size (block widths 32 and 64, attention at 4x4).
 
-Quality: the Frechet distance in the digits classifier's features (rediff.evaluation) of 360
+Quality: the Frechet distance in the digits classifier's features (rediff.runs.kinds.digits) of 360
 EMA samples against the training digits, beside its floor (the 360 held-out digits). To
 compare the trained models and not the samplers, both models are sampled by the same rediff
 samplers (the diffusers UNet wrapped as a rediff DiffusionModel with step time input), with
@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 
 import rediff
-from rediff import data, evaluation
+from rediff import data
+from rediff.runs.kinds import digits
 from rediff.training import load_config, train
 
 RESULTS = Path(__file__).parent / "results" / "training.md"
@@ -160,7 +161,7 @@ def frechet(model: rediff.DiffusionModel) -> dict[str, list[float]]:
     out = {}
     for sampler, steps in SAMPLERS:
         out[f"{sampler} ({steps} steps)"] = [
-            evaluation.digits_frechet(
+            digits.digits_frechet(
                 rediff.sample(
                     model,
                     (data.digits.HELD_OUT, 1, 8, 8),
@@ -195,7 +196,7 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=30.0, help="seconds per turn")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    floor = evaluation.digits_frechet_floor()
+    floor = digits.digits_frechet_floor()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         trained = train_all(args.budget, args.slice, Path(tmp))

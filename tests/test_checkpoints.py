@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rediff._io import load_tensors
+from rediff.runs.directory import read_metrics
 from rediff.training import checkpoint as ckpt
 from rediff.training import load_config, load_run, to_toml, train
 
@@ -114,50 +115,56 @@ def _train_process(config: Path, run: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([*command, *extra], env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_until(condition, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while not condition():
+def _wait_for_step(run: Path, step: int, process: subprocess.Popen) -> None:
+    """Until the run's own log shows ``step`` (however fast or slow the machine is)."""
+    deadline = time.monotonic() + 300
+    while not (rows := read_metrics(run / "metrics.csv")) or rows[-1]["step"] < step:
         assert time.monotonic() < deadline and process.poll() is None, "training stalled"
         time.sleep(0.02)
 
 
-def _logged_steps(run: Path) -> int:
-    path = run / "metrics.csv"
-    return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
+def _endless(tmp_path: Path, *overrides: str) -> Path:
+    """A config whose run never ends by itself (it is stopped from outside)."""
+    config = tmp_path / "endless.toml"
+    config.write_text(to_toml(load_config(None, [*SMALL, "train.steps=1000000", *overrides])))
+    return config
 
 
-def test_sigkill_at_a_random_step_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
-    config = tmp_path / "small.toml"
-    overrides = [*SMALL, "train.steps=60", "train.checkpoint_every=3", "train.keep_checkpoints=3"]
-    config.write_text(to_toml(load_config(None, overrides)))
-    assert _train_process(config, tmp_path / "full").wait() == 0  # same threads as the rest
-    run = tmp_path / "run"
-    process = _train_process(config, run)
-    kill_after = random.Random(0).randrange(3, 40)  # logged steps: every 5
-    _wait_until(lambda: _logged_steps(run) * 5 >= kill_after, process)
-    process.kill()
-    process.communicate()
-    assert int(ckpt.latest(run).name[5:]) < 60  # killed mid-run
-    assert _train_process(config, run, "--resume").wait() == 0
+def _finish(tmp_path: Path, config: Path, run: Path, end: int) -> None:
+    """Resume ``run`` to ``end`` steps and check it ends where an unbroken run of ``end``
+    steps ends."""
+    steps = f"train.steps={end}"
+    assert _train_process(config, run, "--resume", "--set", steps).wait() == 0
+    assert _train_process(config, tmp_path / "full", "--set", steps).wait() == 0
     assert_same_parameters(run, tmp_path / "full")
 
 
-def test_sigterm_writes_a_checkpoint_and_resumes(tmp_path):
-    config = tmp_path / "small.toml"
-    overrides = [*SMALL, "train.steps=400", "train.checkpoint_every=1000"]
-    config.write_text(to_toml(load_config(None, overrides)))
+def test_sigkill_at_a_random_step_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
+    config = _endless(tmp_path, "train.log_every=1", "train.checkpoint_every=3")
     run = tmp_path / "run"
     process = _train_process(config, run)
-    _wait_until(lambda: _logged_steps(run) >= 2, process)
+    _wait_for_step(run, random.Random(0).randrange(3, 40), process)
+    process.kill()
+    process.communicate()
+    latest = ckpt.latest(run)  # the kill may come before the first checkpoint too
+    _finish(tmp_path, config, run, (int(latest.name[5:]) if latest else 0) + 5)
+
+
+def test_sigterm_writes_a_checkpoint_and_resumes(tmp_path):
+    config = _endless(tmp_path, "train.checkpoint_every=100000")
+    run = tmp_path / "run"
+    process = _train_process(config, run)
+    _wait_for_step(run, 10, process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM received: stopped at step" in err and "--resume" in err
-    stopped = ckpt.latest(run)
-    assert stopped is not None and 10 <= int(stopped.name[5:]) < 400  # not a scheduled one
-    assert _train_process(config, run, "--resume").wait() == 0
-    assert _train_process(config, tmp_path / "full").wait() == 0
-    assert_same_parameters(run, tmp_path / "full")
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "rediff train: SIGTERM"
+    )
+    stopped = int(ckpt.latest(run).name[5:])
+    assert stopped >= 10 and f"stopped at step {stopped} " in err  # not a scheduled checkpoint
+    _finish(tmp_path, config, run, stopped + 5)
 
 
 def test_run_files_never_lead_outside_the_run_directory(tmp_path):

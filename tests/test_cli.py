@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import rediff
 from rediff import demo
 from rediff.cli import main
 
@@ -29,12 +30,16 @@ def test_demo_writes_pngs(tmp_path, capsys):
 
 
 def test_demo_trains_samples_and_summarises(tmp_path, monkeypatch, capsys):
-    """The training half of ``rediff demo``, with the runs cut to a few steps."""
+    """The training half of ``rediff demo``, with the runs and draws cut short."""
     short = {
         name: dataclasses.replace(run, steps=5, draws=(("ddim", 2), ("dpm++2m", 2)))
         for name, run in demo.DEMO_RUNS.items()
     }
     monkeypatch.setattr(demo, "DEMO_RUNS", short)
+    monkeypatch.setattr(demo, "GUIDED_N", 40)
+    monkeypatch.setattr(demo, "GUIDED_STEPS", 2)
+    monkeypatch.setattr(demo, "INPAINT_STEPS", 4)
+    monkeypatch.setattr(demo, "RESAMPLING", rediff.Resampling(2, 2))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     for name in short:
@@ -46,7 +51,11 @@ def test_demo_trains_samples_and_summarises(tmp_path, monkeypatch, capsys):
     for picture in ("guided_digits.png", "inpainted_digits.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG"
     assert "Frechet distance" in summary and summary in capsys.readouterr().out
-    assert main(["demo", "--out", str(out)]) == 0  # a second run reuses the finished runs
+    assert "toy_2d: 5 steps in" in summary and "below the floor" in summary
+    # a second demo reuses the finished runs: nothing is trained again
+    log = (out / "runs" / "digits" / "metrics.csv").read_text()
+    demo.train_demo_run("digits", out, progress=False)
+    assert (out / "runs" / "digits" / "metrics.csv").read_text() == log
 
 
 def test_module_entry_point_shows_help():
@@ -60,7 +69,8 @@ def test_unknown_command_is_refused(capsys):
     with pytest.raises(SystemExit) as info:
         main(["trian"])
     assert info.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_then_sample_from_the_command_line(tmp_path, capsys):
@@ -107,12 +117,14 @@ def test_train_then_sample_from_the_command_line(tmp_path, capsys):
     fast = ["--device", "cpu", "--precision", "bf16", "--channels-last"]
     assert main(["sample", str(run), "--steps", "5", "--n", "50", "--out", str(out), *fast]) == 0
     assert "wrote 50 samples" in capsys.readouterr().out
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        main(args)
-    with pytest.raises(SystemExit, match="class-conditional"):
-        main(["sample", str(run), "--class", "3", "--out", str(out)])
-    with pytest.raises(FileNotFoundError, match="not a run directory"):
-        main(["sample", str(tmp_path), "--out", str(out)])
+    capsys.readouterr()
+    for command, message in (
+        (args, "already holds a run"),
+        (["sample", str(run), "--class", "3", "--out", str(out)], "class-conditional"),
+        (["sample", str(tmp_path), "--out", str(out)], "not a run directory"),
+    ):
+        assert main(command) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_configs_parse():
@@ -156,14 +168,80 @@ def test_guided_and_shared_noise_sampling_from_the_command_line(tmp_path, capsys
         assert main(["sample", *common, *extra]) == 0
         assert out.is_file()
         out.unlink()
+    capsys.readouterr()
     for extra, message in (
-        (["--class", "10"], r"class labels must lie in \[0, 9\]"),
+        (["--class", "10"], "class labels must lie in [0, 9]"),
         (["--class", "1", "--guidance-scale", "inf"], "finite number"),
-        (["--guidance-scale", "2"], "needs class labels"),
         (["--share-noise-until", "2", "--groups", "3"], "must divide the number of samples"),
         (["--class", "1", "--classifier", str(model)], "is not a classifier run"),
     ):
-        with pytest.raises(SystemExit, match=message):
-            main(["sample", *common, *extra])
+        assert main(["sample", *common, *extra]) == 2
+        assert message in capsys.readouterr().err
     assert main(["eval", str(classifier)]) == 0
     assert "accuracy at noise level" in capsys.readouterr().out
+
+
+def test_what_a_sampling_user_expects(tmp_path, capsys, monkeypatch):
+    """--out into a folder that does not exist yet, pictures in the format their name says,
+    arrays with labels and settings, 100 images by default (not 2000 drawn and 100 kept), and
+    a read-only run still evaluated (with a warning instead of eval.md)."""
+    import numpy as np
+
+    np.save(tmp_path / "images.npy", np.zeros((64, 1, 8, 8), dtype=np.float32))
+    run = tmp_path / "run"
+    overrides = [f"data.path='{tmp_path / 'images.npy'}'", "model.width=16", "model.depth=1"]
+    config = ["data.kind='array'", "train.steps=2", "train.batch_size=16", *overrides]
+    assert (
+        main(
+            [
+                "train",
+                "configs/toy_2d.toml",
+                "--run-dir",
+                str(run),
+                *[arg for c in config for arg in ("--set", c)],
+            ]
+        )
+        == 0
+    )
+    jpeg, arrays = tmp_path / "new" / "deeper" / "s.jpg", tmp_path / "s.npz"
+    assert main(["sample", str(run), "--steps", "2", "--out", str(jpeg), "--clip-x0"]) == 0
+    assert jpeg.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, as the name says
+    assert main(["sample", str(run), "--steps", "2", "--out", str(arrays)]) == 0
+    saved = np.load(arrays)
+    assert saved["samples"].shape == (100, 1, 8, 8) and "labels" not in saved
+    assert '"sampler": "dpm++2m"' in str(saved["settings"])
+    capsys.readouterr()
+    monkeypatch.setattr("rediff.evaluation.os.access", lambda path, mode: False)
+    toy = tmp_path / "toy"
+    short = ["--set", "train.steps=2", "--set", "data.n=400", "--set", "model.width=16"]
+    assert main(["train", "configs/toy_2d.toml", "--run-dir", str(toy), *short]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(toy), "--n", "100", "--steps", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "| sliced Wasserstein |" in out and "read-only; eval.md is not written" in err
+    assert not (toy / "eval.md").exists()
+
+
+def test_nll_help_names_both_units(capsys):
+    with pytest.raises(SystemExit):
+        main(["nll", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "bits/dim for quantised data" in text and "nats/dim for continuous data" in text
+
+
+def test_an_interrupted_demo_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during training stops with a checkpoint; the message names the command that
+    continues (rediff demo, not --resume)."""
+    import signal
+
+    from rediff.training import TrainingInterruptedError
+
+    def interrupted(name, out, progress=True):
+        raise TrainingInterruptedError("SIGINT", 7, out / "runs" / name)
+
+    monkeypatch.setattr(demo, "train_demo_run", interrupted)
+    monkeypatch.setattr(demo, "plot_sampler_comparison", lambda path, generator: path)
+    out = tmp_path / "d"
+    assert main(["demo", "--out", str(out)]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert f"run `rediff demo --out {out}` again to continue" in err and "--resume" not in err

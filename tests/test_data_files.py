@@ -52,12 +52,12 @@ def test_bad_image_folders_are_refused(tmp_path):
 
 def test_arrays(tmp_path):
     np.save(tmp_path / "f.npy", np.linspace(-1, 1, 20, dtype=np.float32).reshape(10, 2))
-    x, labels = data.load_array(tmp_path / "f.npy")
-    assert x.shape == (10, 2) and labels is None and float(x[-1, -1]) == 1.0
+    x, labels, pixels = data.load_array(tmp_path / "f.npy")
+    assert x.shape == (10, 2) and labels is None and float(x[-1, -1]) == 1.0 and not pixels
     pixels = np.full((4, 1, 2, 2), 255, dtype=np.uint8)
     np.savez(tmp_path / "p.npz", x=pixels, labels=np.arange(4))
-    x, labels = data.load_array(tmp_path / "p.npz")
-    assert torch.equal(x, torch.ones(4, 1, 2, 2)) and labels.tolist() == [0, 1, 2, 3]
+    x, labels, pixels = data.load_array(tmp_path / "p.npz")
+    assert torch.equal(x, torch.ones(4, 1, 2, 2)) and labels.tolist() == [0, 1, 2, 3] and pixels
 
 
 def test_bad_arrays_are_refused(tmp_path):
@@ -72,6 +72,20 @@ def test_bad_arrays_are_refused(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((2, 2)), b=np.zeros((2, 2)))
     with pytest.raises(ValueError, match="name the data array 'x'"):
         data.load_array(tmp_path / "two.npz")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"N >= 1 samples, got shape \[0, 2\]"):
+        data.load_array(tmp_path / "empty.npy")
+
+
+def test_a_truncated_image_is_named(tmp_path):
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / name)
+    whole = (tmp_path / "b.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"b\.png could not be read as an image"):
+        data.load_image_folder(tmp_path)
 
 
 def test_random_flip_mirrors_about_half(tmp_path):

@@ -120,5 +120,7 @@ def test_accelerate_shares_parameters_and_keeps_the_function():
     assert out.dtype == torch.float32
     assert (out - expected).abs().max() < 0.05 * expected.abs().max()
     assert not torch.equal(out, expected)  # bf16 really ran
-    with pytest.raises(ValueError, match=r"precision must be 'fp32' or 'bf16', got 'fp8'"):
+    with pytest.raises(
+        ValueError, match=r"unknown precision 'fp8'; valid precisions: 'fp32', 'bf16'"
+    ):
         accelerate(net, precision="fp8")

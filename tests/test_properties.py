@@ -325,9 +325,8 @@ def test_any_combination_of_config_choices_trains_or_is_refused_cleanly(choices,
         ),
     ]
     run = tmp_path_factory.mktemp("run") / "run"
-    config = load_config(None, overrides)
     try:
-        model = train(config, run, progress=False)
+        model = train(load_config(None, overrides), run, progress=False)
     except ValueError as error:
         event("refused")
         assert not run.exists(), f"refused after writing files: {error}"

@@ -27,14 +27,15 @@ class Choice(str, Enum):
     @classmethod
     def parse(cls: type[C], value: C | str, what: str | None = None) -> C:
         """``value`` as a member, or a ValueError naming it (``what``, default the class's
-        noun) and listing the valid values: "unknown prediction target 'noise'; valid
-        prediction targets: 'eps', 'x0', ..."."""
+        noun; a config key such as "loss.kind") and listing the valid values: "unknown
+        prediction target 'noise'; valid prediction targets: 'eps', 'x0', ..."."""
         try:
             return cls(value)
         except ValueError:
             valid = ", ".join(repr(m.value) for m in cls)
             what = what or cls._noun
-            raise ValueError(f"unknown {what} {value!r}; valid {what}s: {valid}") from None
+            plural = "values" if "." in what else f"{what}s"  # a config key: "valid values"
+            raise ValueError(f"unknown {what} {value!r}; valid {plural}: {valid}") from None
 
     def __str__(self) -> str:
         return self.value

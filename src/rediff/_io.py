@@ -27,7 +27,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     ``path``: a crash at any moment leaves either the old file or the new one, never part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name ends in the target's suffix: writers that pick a format by suffix
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     try:
         write(tmp)

@@ -147,6 +147,8 @@ def log_likelihood(
         cond: conditioning passed to the denoiser.
     """
     check_finite("x", x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"log_likelihood needs a batch x [B, *D] with B >= 1, got {list(x.shape)}")
     trace = Trace.parse(trace)
     flow = _Flow(denoiser, cond, x.dtype)
     x64 = x.to(torch.float64)

@@ -8,14 +8,29 @@
 - ``log_density_gap``: mean log p(reference) - mean log p(samples) under an exact density.
 - ``mode_weights_tv``: total variation between a mixture's weights and the fractions of
   samples whose most probable component is each k.
+- ``frechet_distance``: between Gaussians fitted to two sets of features (FID's formula).
+
+``Score`` is one named value with its floor (the same measure of real data against real
+data), as ``rediff eval`` reports it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from rediff._tensor import Tensor, check_finite
 from rediff.data.mixture import GaussianMixture
+
+
+@dataclass(frozen=True)
+class Score:
+    """One measured quantity, with the value real data reach (its floor) where there is one."""
+
+    name: str
+    value: float
+    floor: float | None = None
 
 
 def _flat(name: str, x: Tensor) -> Tensor:

@@ -1,13 +1,18 @@
-"""PNG pictures people would rather look at than read: samples and loss curves."""
+"""PNG pictures people would rather look at than read: samples and loss curves, each with a
+caption that says what it shows."""
 
 from __future__ import annotations
 
-import csv
+import math
+import textwrap
 from pathlib import Path
 
 import torch
 
 from rediff._tensor import Tensor
+
+#: file types a picture may be written as (matplotlib picks the format from the suffix)
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
 def pyplot():
@@ -20,28 +25,79 @@ def pyplot():
     return plt
 
 
-def save_samples(x: Tensor, path: str | Path, title: str = "", cols: int = 10) -> Path:
-    """2-D points as a scatter plot; images [N, C, H, W] in [-1, 1] as a grid of ``cols``
-    columns (at most 100 images)."""
-    plt = pyplot()
-    x = x.detach().float().cpu()
-    if x.ndim == 2 and x.shape[1] == 2:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1, alpha=0.5)
-        ax.set_aspect("equal", adjustable="datalim")
-    elif x.ndim == 4:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.imshow(image_grid(x[:100], cols), cmap="gray", vmin=-1, vmax=1)
-        ax.axis("off")
-    else:
+def can_picture(shape: tuple[int, ...]) -> bool:
+    """Whether samples of per-sample ``shape`` can be pictured: 2-D points [2] or images
+    [C, H, W] with 1 or 3 channels."""
+    return tuple(shape) == (2,) or (len(shape) == 3 and shape[0] in (1, 3))
+
+
+def check_picture(shape: tuple[int, ...], path: str | Path) -> Path:
+    """``path`` as a Path, or a ValueError if it has no picture suffix or samples of
+    ``shape`` cannot be pictured (checked before any work is done)."""
+    path = Path(path)
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
         raise ValueError(
-            f"can picture 2-D points [N, 2] or images [N, C, H, W], got {tuple(x.shape)}"
+            f"{path}: a picture must end in {', '.join(PICTURE_SUFFIXES)} (or write the samples "
+            "as arrays: .npz)"
         )
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
+    if not can_picture(shape):
+        raise ValueError(
+            f"samples of shape {list(shape)} cannot be pictured (only 2-D points and 1- or "
+            "3-channel images); write them as arrays instead: --out samples.npz"
+        )
+    return path
+
+
+def finish(fig, path: str | Path, title: str = "", caption: str = "") -> Path:
+    """Give ``fig`` its title and a caption below the panels (wrapped to the figure's width),
+    save it (format from the suffix) and close it."""
+    plt = pyplot()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    lines = textwrap.wrap(caption, int(fig.get_figwidth() * 16)) if caption else []
+    bottom = min(0.4, (0.12 * len(lines) + 0.05) / fig.get_figheight()) if lines else 0.0
+    if lines:
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, bottom, 1, 0.97 if title else 1))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def image_side(n: int) -> int:
+    """Columns of a near-square grid of n images (10 for 100)."""
+    return max(1, math.ceil(math.sqrt(n)))
+
+
+def save_samples(
+    x: Tensor,
+    path: str | Path,
+    title: str = "",
+    cols: int | None = None,
+    labels: Tensor | None = None,
+    caption: str = "",
+) -> Path:
+    """2-D points as a scatter plot (coloured by label), images [N, C, H, W] in [-1, 1] as a
+    grid of ``cols`` columns (default near-square; with labels, sorted so that each class
+    starts its rows in order)."""
+    plt = pyplot()
+    x = x.detach().float().cpu()
+    check_picture(tuple(x.shape[1:]), path)
+    if x.ndim == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        colour = {} if labels is None else {"c": labels.cpu().numpy(), "cmap": "tab10"}
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1, alpha=0.5, **colour)
+        ax.set_aspect("equal", adjustable="datalim")
+    else:
+        if labels is not None:
+            x = x[torch.argsort(labels.cpu(), stable=True)]
+        cols = cols or image_side(x.shape[0])
+        rows = -(-x.shape[0] // cols)
+        side = max(4.0, min(16.0, 0.14 * x.shape[-1] * max(cols, rows) / 8))
+        fig, ax = plt.subplots(figsize=(side, side * rows / cols + 0.4))
+        ax.imshow(image_grid(x, cols), cmap="gray", vmin=-1, vmax=1)
+        ax.axis("off")
+    return finish(fig, path, title, caption)
 
 
 def image_grid(x: Tensor, cols: int, gap: int = 1) -> Tensor:
@@ -58,20 +114,15 @@ def image_grid(x: Tensor, cols: int, gap: int = 1) -> Tensor:
     return grid[..., 0] if c == 1 else (grid + 1) / 2
 
 
-def save_loss_curve(metrics_csv: str | Path, path: str | Path) -> Path:
-    """The training loss against the step, from a run's metrics.csv."""
+def save_loss_curve(rows: list[dict[str, float]], path: str | Path, caption: str = "") -> Path:
+    """The training loss against the step, from a run's metrics rows (``runs.read_metrics``)."""
     plt = pyplot()
-    with open(metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    values = [float(r["loss"]) for r in rows]
-    ax.plot([int(r["step"]) for r in rows], values)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    values = [r["loss"] for r in rows]
+    ax.plot([r["step"] for r in rows], values)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if min(values, default=1.0) > 0:  # score matching losses can be negative
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return finish(fig, path, "training loss", caption)

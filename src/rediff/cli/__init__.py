@@ -1,15 +1,21 @@
 """The ``rediff`` command line.
 
-rediff demo [--out DIR] [--seed S] [--no-train]
-rediff train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
-rediff sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE.png] [--seed S]
+rediff [--debug] demo [--out DIR] [--seed S] [--no-train]
+rediff [--debug] train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
+rediff [--debug] sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE] [--seed S]
                       [--class K] [--guidance-scale W] [--classifier RUN_DIR]
-                      [--share-noise-until K] [--groups G]
+                      [--share-noise-until K] [--groups G] [--clip-x0] [--dynamic-threshold P]
                       [--device auto|cpu|cuda] [--precision fp32|bf16] [--channels-last] [--compile]
-rediff eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S] [--guidance-scale W]
-                    [--classifier RUN_DIR]
-rediff nll RUN_DIR [--method ode|vlb] [--split held_out|train] [--data PATH] [--n N] [--probes N]
-                   [--vlb-steps N] [--rtol R] [--seed S]
+rediff [--debug] eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S]
+                    [--guidance-scale W] [--classifier RUN_DIR]
+rediff [--debug] nll RUN_DIR [--method ode|vlb] [--split held_out|train] [--data PATH] [--n N]
+                   [--probes N] [--vlb-steps N] [--rtol R] [--seed S]
+rediff [--debug] upgrade RUN_DIR
+
+One error path: a user error (bad config or flag, missing file, corrupt run, diverged
+training) is one line on stderr naming the problem and the fix, with exit status 2; any other
+failure is one line too, with exit status 1. ``--debug`` (or ``REDIFF_DEBUG=1``) shows the
+traceback instead. SIGINT / SIGTERM during training stop with a checkpoint (exit 128 + signal).
 """
 
 from __future__ import annotations
@@ -19,160 +25,49 @@ import os
 import sys
 from collections.abc import Sequence
 
+from rediff.cli import commands
 
-def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rediff import demo
-
-    print(f"rediff demo: writing pictures to {args.out} ...", flush=True)
-    paths = demo.run(args.out, seed=args.seed, train_models=not args.no_train)
-    for path in paths:
-        print(f"  wrote {path}")
-    summary = Path(args.out) / "summary.md"
-    if summary.is_file():
-        print(summary.read_text())
-    print(f"done: open the PNG files in {args.out}/")
-    return 0
+#: exceptions that mean bad input (exit status 2); anything else is rediff's fault (1)
+USER_ERRORS = (ValueError, OSError, ArithmeticError)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (and the help to read)."""
 
-    from rediff.training import TrainingInterruptedError, load_config, train
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-    config = load_config(args.config, args.set)
-    run = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-    first = os.environ.get("RANK", "0") == "0"  # one line per run under torchrun
-    if first:
-        print(f"rediff train: {args.config} -> {run}", flush=True)
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("REDIFF_DEBUG", "") not in ("", "0")
+    prog = f"rediff {args.command}"
     try:
-        train(config, run, resume=args.resume)
-    except TrainingInterruptedError as stop:
-        print(f"rediff train: {stop}", file=sys.stderr, flush=True)
+        return args.func(args)
+    except commands.StoppedError as stop:  # a signal during training: checkpoint written
+        print(f"{prog}: {stop}", file=sys.stderr, flush=True)
         return stop.exit_code
-    if first:
-        print(f"done: weights, metrics.csv and loss.png are in {run}/")
-    return 0
-
-
-def _guide(args: argparse.Namespace, prepare=None):
-    """The --guidance-scale / --classifier options as an evaluation.Guide (``prepare`` moves
-    and accelerates the classifier like the model)."""
-    from rediff.evaluation import Guide
-    from rediff.model import NoisyClassifier
-    from rediff.training import load_run
-
-    if args.classifier is None:
-        return Guide(args.guidance_scale)
-    config, classifier = load_run(args.classifier)
-    if not isinstance(classifier, NoisyClassifier):
-        raise SystemExit(f"--classifier {args.classifier} is not a classifier run (loss.kind)")
-    if prepare is not None:
-        classifier = prepare(classifier)
-    return Guide(args.guidance_scale, classifier, config.model.num_classes)
-
-
-def _sampling_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("rediff sample: --device cuda but no CUDA device is available")
-    return name
-
-
-def _accelerated(model, args: argparse.Namespace):
-    """The model with --precision / --channels-last / --compile (same parameters)."""
-    from rediff.nets import accelerate
-
-    net = accelerate(
-        model.net, precision=args.precision, channels_last=args.channels_last, compile=args.compile
-    )
-    return model.with_net(net)
-
-
-def _sample(args: argparse.Namespace) -> int:
-    import torch
-
-    import rediff
-    from rediff.evaluation import steered
-    from rediff.model import NoisyClassifier
-    from rediff.plots import save_samples
-    from rediff.training import load_data, load_run
-
-    device = _sampling_device(args.device)
-    config, model = load_run(args.run_dir)
-    if isinstance(model, NoisyClassifier):
-        raise SystemExit(f"{args.run_dir} is a classifier; pass it as --classifier to a model")
-
-    def prepare(m):
-        return _accelerated(m.to(device), args)
-
-    model = prepare(model)
-    x, _ = load_data(config)
-    labels = (
-        None if args.class_label is None else torch.full((args.n,), args.class_label, device=device)
-    )
-    shared = None
-    try:
-        den = steered(model, config, labels, _guide(args, prepare))
-        if args.share_noise_until is not None:
-            shared = rediff.SharedNoise(args.share_noise_until, args.groups)
-        out = rediff.sample(
-            den,
-            (args.n, *x.shape[1:]),
-            sampler=args.sampler,
-            steps=args.steps,
-            generator=torch.Generator().manual_seed(args.seed),
-            shared=shared,
-            device=device,
-            **config.sampler_options(args.sampler),
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        if isinstance(error, USER_ERRORS):
+            print(f"{prog}: error: {_one_line(error)}", file=sys.stderr, flush=True)
+            return 2
+        print(
+            f"{prog}: internal error ({type(error).__name__}: {_one_line(error)}); rerun with "
+            "--debug for the traceback and report it",
+            file=sys.stderr,
+            flush=True,
         )
-    except ValueError as error:  # bad options: a message, not a traceback
-        raise SystemExit(f"rediff sample: {error}") from None
-    title = f"{args.run_dir}: {args.sampler}, NFE {out.nfe}"
-    if labels is not None:
-        title += f", class {args.class_label}, scale {args.guidance_scale:g}"
-    cols = args.n // args.groups if shared is not None else 10  # one row per group
-    path = save_samples(out.x, args.out, title, cols=min(cols, 100))
-    print(f"wrote {args.n} samples ({out.nfe} evaluations) to {path}")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rediff.evaluation import evaluate_run
-
-    try:
-        guide = _guide(args)
-    except ValueError as error:
-        raise SystemExit(f"rediff eval: {error}") from None
-    scores = evaluate_run(args.run_dir, args.sampler, args.steps, args.n, args.seed, guide)
-    print(Path(args.run_dir, "eval.md").read_text())
-    return 0 if scores else 1
-
-
-def _nll(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rediff.evaluation import run_nll
-
-    row = run_nll(
-        args.run_dir,
-        args.method,
-        split=args.split,
-        data_path=args.data,
-        n=args.n,
-        probes=args.probes,
-        vlb_steps=args.vlb_steps,
-        rtol=args.rtol,
-        seed=args.seed,
-    )
-    print(Path(args.run_dir, f"nll_{row.method}.md").read_text())
-    return 0
+        return 1
 
 
 def _guidance_options(parser: argparse.ArgumentParser) -> None:
@@ -186,12 +81,8 @@ def _guidance_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier", help="a classifier run (loss.kind = 'classifier')")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rediff", description="Diffusion and score-based generative models."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
+def _add_demo(sub) -> None:
+    demo = sub.add_parser(
         "demo", help="train a 2-D and a digits model, sample them, write pictures and a summary"
     )
     demo.add_argument(
@@ -201,27 +92,50 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-train", action="store_true", help="only the pictures that need no training"
     )
-    demo.set_defaults(func=_demo)
-    train = commands.add_parser("train", help="train a model from a TOML config")
+    demo.set_defaults(func=commands.demo)
+
+
+def _add_train(sub) -> None:
+    train = sub.add_parser("train", help="train a model from a TOML config")
     train.add_argument("config", help="TOML config (see configs/)")
     train.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
+        help="override a config value, e.g. --set train.lr=3e-4 --set data.path=my_images "
+        "(TOML values; a bare word is text; repeatable)",
     )
     train.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    train.set_defaults(func=_train)
-    sample = commands.add_parser("sample", help="draw samples from a trained run")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint (train.steps may be raised to train longer)",
+    )
+    train.set_defaults(func=commands.train)
+
+
+def _add_sample(sub) -> None:
+    sample = sub.add_parser("sample", help="draw samples from a trained run")
     sample.add_argument("run_dir", help="a run directory written by rediff train")
     sample.add_argument("--sampler", default="dpm++2m", help="any name in rediff.samplers.REGISTRY")
     sample.add_argument("--steps", type=int, default=20)
-    sample.add_argument("--n", type=int, default=2000, help="number of samples")
-    sample.add_argument("--out", default="samples.png", help="PNG file to write")
+    sample.add_argument(
+        "--n", type=int, help="number of samples (default: 100 images or 2000 points)"
+    )
+    sample.add_argument(
+        "--out",
+        default="samples.png",
+        help="a picture (.png, .jpg, .pdf, .svg) or arrays: .npz (samples, labels, settings) "
+        "or .npy (samples)",
+    )
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--class", dest="class_label", type=int, help="class label to sample")
+    sample.add_argument(
+        "--class",
+        dest="class_label",
+        type=int,
+        help="class to sample (default for a conditional model: every class in turn)",
+    )
     _guidance_options(sample)
     sample.add_argument(
         "--share-noise-until",
@@ -234,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="with --share-noise-until: number of groups (one row of the picture each)",
     )
+    sample.add_argument(
+        "--clip-x0", action="store_true", help="clamp x0_hat to [-1, 1] at every step"
+    )
+    sample.add_argument(
+        "--dynamic-threshold",
+        type=float,
+        metavar="P",
+        help="Imagen's dynamic thresholding of x0_hat at percentile P (e.g. 0.995)",
+    )
     sample.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     sample.add_argument(
         "--precision",
@@ -245,23 +168,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels-last", action="store_true", help="channels-last images (GPU tensor cores)"
     )
     sample.add_argument("--compile", action="store_true", help="torch.compile the network")
-    sample.set_defaults(func=_sample)
-    ev = commands.add_parser("eval", help="score a trained run against its data")
+    sample.set_defaults(func=commands.sample)
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="score a trained run against its data")
     ev.add_argument("run_dir", help="a run directory written by rediff train")
     ev.add_argument("--sampler", default="dpm++2m", help="any name in rediff.samplers.REGISTRY")
     ev.add_argument("--steps", type=int, default=20)
-    ev.add_argument("--n", type=int, help="samples (default: 360 for digits, else 5000)")
+    ev.add_argument("--n", type=int, help="samples (default: 360 for digits, else up to 5000)")
     ev.add_argument("--seed", type=int, default=0)
     _guidance_options(ev)
-    ev.set_defaults(func=_eval)
-    nll = commands.add_parser("nll", help="negative log-likelihood (bits/dim) of a run's data")
+    ev.set_defaults(func=commands.evaluate)
+
+
+def _add_nll(sub) -> None:
+    what = (
+        "negative log-likelihood of a run's data: bits/dim for quantised data (digits, "
+        "images), nats/dim for continuous data"
+    )
+    nll = sub.add_parser("nll", help=what, description=what)
     nll.add_argument("run_dir", help="a run directory written by rediff train")
     nll.add_argument("--method", choices=["ode", "vlb"], default="ode")
     nll.add_argument(
         "--split",
         choices=["held_out", "train"],
         default="held_out",
-        help="digits: which split (other data: the training data)",
+        help="held-out data where the kind has them (digits), else the training data",
     )
     nll.add_argument("--data", help="other data: an image folder or a .npy/.npz file")
     nll.add_argument("--n", type=int, help="number of data points (default 512, or all)")
@@ -273,13 +206,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nll.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance (rtol = atol)")
     nll.add_argument("--seed", type=int, default=0)
-    nll.set_defaults(func=_nll)
+    nll.set_defaults(func=commands.nll)
+
+
+def _add_upgrade(sub) -> None:
+    upgrade = sub.add_parser(
+        "upgrade", help="convert a run directory written by an older rediff (reads its data once)"
+    )
+    upgrade.add_argument("run_dir", help="the run directory")
+    upgrade.set_defaults(func=commands.upgrade)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = Parser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks (also REDIFF_DEBUG=1)"
+    )
+    parser = Parser(
+        prog="rediff", description="Diffusion and score-based generative models.", parents=[debug]
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
+    for add in (_add_demo, _add_train, _add_sample, _add_eval, _add_nll, _add_upgrade):
+        add(sub)
+    for command in sub.choices.values():  # --debug after the command name too
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 .npy/.npz arrays."""
 
 from rediff.data.digits import digits_split, load_digits, to_pixels
-from rediff.data.files import load_array, load_image_folder, random_flip
+from rediff.data.files import ArrayData, load_array, load_image_folder, random_flip
 from rediff.data.mixture import GaussianMixture, MixtureDenoiser
 from rediff.data.toy import (
     TOY_SETS,
@@ -17,6 +17,7 @@ from rediff.data.toy import (
 
 __all__ = [
     "TOY_SETS",
+    "ArrayData",
     "GaussianMixture",
     "MixtureDenoiser",
     "checkerboard",

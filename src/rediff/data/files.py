@@ -9,6 +9,7 @@ torchvision's ImageFolder. Arrays are loaded without pickle; integer arrays are 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,17 +32,30 @@ def _image_files(root: Path) -> list[Path]:
 
 
 def _read(path: Path, size: int, mode: str) -> np.ndarray:
-    """One image as uint8 [H, W, C]: centre-cropped to a square and resized when size > 0."""
+    """One image as uint8 [H, W, C] (see ``_pixels``); a file Pillow cannot decode (truncated,
+    not an image) is a ValueError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return _pixels(img.convert(mode), size)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ValueError(
+            f"{path} could not be read as an image ({error}); remove or replace the file"
+        ) from None
+
+
+def _pixels(img, size: int) -> np.ndarray:
+    """A Pillow image as uint8 [H, W, C], centre-cropped to a square and resized when
+    size > 0."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert(mode)
-        if size > 0:
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side))
-            img = img.resize((size, size), Image.Resampling.BICUBIC)
-        array = np.asarray(img, dtype=np.uint8)
+    if size > 0:
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    array = np.asarray(img, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
 
 
@@ -81,7 +95,16 @@ def _folder_labels(root: Path, files: list[Path]) -> Tensor | None:
     return torch.tensor([classes.index(parent.parts[0]) for parent in parents])
 
 
-def load_array(path: str | Path) -> tuple[Tensor, Tensor | None]:
+class ArrayData(NamedTuple):
+    """What ``load_array`` read: data x [N, ...] in float32, labels [N] or None, and whether
+    x were integer pixels (mapped to [-1, 1]: 256 levels) rather than continuous values."""
+
+    x: Tensor
+    labels: Tensor | None
+    pixels: bool
+
+
+def load_array(path: str | Path) -> ArrayData:
     """Data [N, ...] from a .npy file, or from a .npz file's ``x`` (or only) array with
     optional ``labels``; loaded with allow_pickle=False."""
     path = Path(path)
@@ -102,14 +125,17 @@ def load_array(path: str | Path) -> tuple[Tensor, Tensor | None]:
         labels = torch.as_tensor(loaded["labels"]).long() if "labels" in keys else None
     else:
         array = loaded
-    if array.ndim < 2:
-        raise ValueError(f"{path}: data must be [N, ...] with N samples, got shape {array.shape}")
+    if array.ndim < 2 or array.shape[0] == 0:
+        raise ValueError(
+            f"{path}: data must be [N, ...] with N >= 1 samples, got shape {list(array.shape)}"
+        )
     x = torch.as_tensor(array)
-    x = 2.0 * x.float() / PIXEL_MAX - 1.0 if not x.is_floating_point() else x.float()
+    pixels = not x.is_floating_point()
+    x = 2.0 * x.float() / PIXEL_MAX - 1.0 if pixels else x.float()
     check_finite(f"data in {path}", x)
     if labels is not None and labels.shape != (x.shape[0],):
         raise ValueError(f"{path}: labels must have shape [{x.shape[0]}], got {labels.shape}")
-    return x, labels
+    return ArrayData(x, labels, pixels)
 
 
 def random_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -10,7 +10,7 @@ Every network is called as ``net(x, time, labels=None)`` with ``time`` from
 from rediff.nets.classifier import NoiseClassifier
 from rediff.nets.embedding import TimeEmbedding, sinusoidal
 from rediff.nets.energy import EnergyScore
-from rediff.nets.fast import accelerate
+from rediff.nets.fast import Precision, accelerate
 from rediff.nets.mlp import MLP
 from rediff.nets.unet import UNet
 
@@ -18,6 +18,7 @@ __all__ = [
     "MLP",
     "EnergyScore",
     "NoiseClassifier",
+    "Precision",
     "TimeEmbedding",
     "UNet",
     "accelerate",

@@ -14,17 +14,15 @@ import contextlib
 import torch
 from torch import nn
 
+from rediff._choices import Choice
 from rediff._tensor import Tensor
 
-PRECISIONS = ("fp32", "bf16")
 
+class Precision(Choice):
+    """The network's arithmetic: float32, or bfloat16 autocast around it."""
 
-def check_precision(precision: str, where: str = "precision") -> str:
-    """``precision`` if it is one of PRECISIONS, else a ValueError naming ``where`` and the
-    valid values."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"{where} must be 'fp32' or 'bf16', got {precision!r}")
-    return precision
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 class Accelerated(nn.Module):
@@ -36,10 +34,15 @@ class Accelerated(nn.Module):
     place: the parameters stay the net's) and each 4-D input, the layout tensor cores prefer.
     """
 
-    def __init__(self, net: nn.Module, precision: str = "fp32", channels_last: bool = False):
+    def __init__(
+        self,
+        net: nn.Module,
+        precision: Precision | str = Precision.FP32,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.net = net
-        self.precision = check_precision(precision)
+        self.precision = Precision.parse(precision)
         self.channels_last = channels_last
         if channels_last:
             net.to(memory_format=torch.channels_last)
@@ -50,7 +53,7 @@ class Accelerated(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = (
             torch.autocast(x.device.type, dtype=torch.bfloat16)
-            if self.precision == "bf16"
+            if self.precision is Precision.BF16
             else contextlib.nullcontext()
         )
         with autocast:
@@ -59,10 +62,14 @@ class Accelerated(nn.Module):
 
 
 def accelerate(
-    net: nn.Module, *, precision: str = "fp32", channels_last: bool = False, compile: bool = False
+    net: nn.Module,
+    *,
+    precision: Precision | str = Precision.FP32,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> nn.Module:
     """``net`` with the chosen speed-ups, sharing its parameters (``net`` itself when none is
     asked for). ``compile`` applies torch.compile to the result."""
-    if check_precision(precision) != "fp32" or channels_last:
+    if Precision.parse(precision) is not Precision.FP32 or channels_last:
         net = Accelerated(net, precision, channels_last)
     return torch.compile(net) if compile else net

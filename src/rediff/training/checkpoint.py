@@ -71,6 +71,16 @@ def save(run: Path, step: int, model: dict, ema: dict, state: dict[str, Any], ke
     return final
 
 
+def remove_unfinished(run: Path) -> None:
+    """Delete the hidden temporary directories of checkpoints that a killed process left
+    half-written (only the run's lock holder calls this)."""
+    root = in_run(run, CHECKPOINTS)
+    if root.is_dir():
+        for tmp in root.glob(".step_*"):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+
+
 def steps(run: Path) -> list[Path]:
     """The run's checkpoint directories, oldest first (complete or not); a ValueError if one
     leads outside the run (``in_run``)."""
