@@ -21,6 +21,19 @@ SCHEDULES = {
 }
 
 
+#: a toy run that trains in well under a second (config overrides)
+SMALL_RUN = [
+    "data.name='moons'",
+    "data.n=2000",
+    "model.width=32",
+    "model.depth=2",
+    "train.batch_size=64",
+    "train.warmup=5",
+    "train.log_every=5",
+    "train.ema_half_life=500",
+]
+
+
 @pytest.fixture(params=list(SCHEDULES), ids=list(SCHEDULES))
 def schedule(request):
     return SCHEDULES[request.param]()

@@ -15,22 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_RUN
 
 from rediff._io import load_tensors
 from rediff.runs.directory import read_metrics
 from rediff.training import checkpoint as ckpt
 from rediff.training import load_config, load_run, to_toml, train
 
-SMALL = [
-    "data.name='moons'",
-    "data.n=2000",
-    "model.width=32",
-    "model.depth=2",
-    "train.batch_size=64",
-    "train.warmup=5",
-    "train.log_every=5",
-    "train.ema_half_life=500",
-]
+SMALL = SMALL_RUN
 
 
 def run_to(tmp_path: Path, name: str, steps: int, **kwargs) -> Path:

@@ -185,3 +185,9 @@ def test_non_finite_solver_result_is_an_error():
         )
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         dequantized_nll(gaussian_data().denoiser(SCHEDULES["vp"]()), torch.full((2, 2), 3.0), 256)
+
+
+def test_an_empty_batch_is_refused():
+    den = gaussian_data().denoiser(SCHEDULES["vp"]())
+    with pytest.raises(ValueError, match=r"needs a batch x \[B, \*D\] with B >= 1, got \[0, 2\]"):
+        rediff.log_likelihood(den, torch.zeros(0, 2, dtype=torch.float64))

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_RUN
+from tqdm.auto import tqdm
 
 import rediff
 from rediff import schedules
@@ -27,17 +29,7 @@ from rediff.runs.config import Device, ScheduleKind
 from rediff.runs.directory import RunLock, RunLockedError, read_metrics
 from rediff.training import train
 
-SMALL = [
-    "data.name='moons'",
-    "data.n=2000",
-    "model.width=32",
-    "model.depth=2",
-    "train.batch_size=64",
-    "train.warmup=5",
-    "train.log_every=1",
-    "train.checkpoint_every=5",
-    "train.ema_half_life=500",
-]
+SMALL = [*SMALL_RUN, "train.log_every=1", "train.checkpoint_every=5"]
 
 
 def small(*overrides: str):
@@ -206,6 +198,11 @@ def test_a_run_that_failed_before_its_first_checkpoint_restarts(tmp_path, monkey
         train(small("train.steps=20", "train.checkpoint_every=50"), run, progress=False)
     assert {p.name for p in run.iterdir()} >= {"config.toml", "metrics.csv"}
     assert not (run / "checkpoints").exists() or not list((run / "checkpoints").iterdir())
+    # everything was released on the way out: the lock, the log (drawn as loss.png), the bar
+    with RunLock(run):
+        pass
+    assert (run / "loss.png").is_file() and (run / ".lock").read_text() == ""
+    assert not [bar for bar in tqdm._instances if bar.desc == "train"]
     monkeypatch.setattr(Session, "train_step", original)
     train(small("train.steps=20", "train.checkpoint_every=50"), run, progress=False)
     lines = (run / "metrics.csv").read_text().splitlines()
@@ -369,3 +366,31 @@ def test_a_conditional_run_without_a_class_draws_every_class_in_turn(tmp_path):
 def test_the_gitignore_keeps_runs_out_of_the_repository():
     ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
     assert "runs/" in ignored
+
+
+def test_a_data_kind_is_one_registered_entry(tmp_path, capsys):
+    """A new kind registered from outside the package (as a file in rediff/runs/kinds would
+    do) trains, samples, is scored and has its likelihood computed with no other change."""
+    from rediff.runs.kinds import DataKind, Dataset, points_scores, register
+
+    def ring(config, seed):
+        angle = torch.rand(config.n, generator=torch.Generator().manual_seed(seed)) * 2 * math.pi
+        return Dataset(torch.stack([angle.cos(), angle.sin()], dim=1))
+
+    register(DataKind("test_ring", ring, score=points_scores))
+    try:
+        run = tmp_path / "run"
+        config = small("data.kind='test_ring'", "data.n=400", "train.steps=3")
+        train(config, run, progress=False)
+        assert load_run(run).spec.kind is KINDS["test_ring"]
+        assert (
+            main(
+                ["sample", str(run), "--steps", "2", "--n", "50", "--out", str(tmp_path / "s.png")]
+            )
+            == 0
+        )
+        assert main(["eval", str(run), "--steps", "2", "--n", "100"]) == 0
+        assert main(["nll", str(run), "--n", "8", "--rtol", "1e-2"]) == 0
+        assert "| sliced Wasserstein |" in (run / "eval.md").read_text()
+    finally:
+        KINDS.pop("test_ring")

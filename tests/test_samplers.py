@@ -242,9 +242,12 @@ STOCHASTIC_SCHEDULES = {
     ids=[s[0] for s in STOCHASTIC],
 )
 def test_stochastic_samplers_match_gaussian_moments(name, schedule_name, sampler, options, grid):
+    """Every stochastic sampler's samples have the data's mean and covariance within 4
+    standard errors of 10,000 samples (the grids are fine enough for the bias to stay below
+    that; the exact-law tests above measure the bias itself for three of them)."""
     sched = STOCHASTIC_SCHEDULES[schedule_name]
     den = gaussian_data().denoiser(sched)
-    n = 20000
+    n = 10000
     gen = torch.Generator().manual_seed(1)
     ts = grids.make(sched, grid[0], grid[1])
     x = sampler(
@@ -480,11 +483,13 @@ FINITE_CASES = [
 
 @pytest.mark.parametrize(("schedule_name", "spacing"), FINITE_CASES)
 def test_no_nan_for_few_steps_on_every_grid(schedule_name, spacing, mixture):
+    """Every sampler stays finite on every grid at 1-5 steps, where steps are widest (more
+    steps are covered by the property tests and the convergence tests)."""
     sched = STOCHASTIC_SCHEDULES[schedule_name]
     den = mixture.denoiser(sched)
     x = sched.prior_sample((16, 2), generator=torch.Generator().manual_seed(0))
     for name, entry in samplers.REGISTRY.items():
-        for steps in (1, 2, 3, 5, 10):
+        for steps in (1, 2, 3, 5):
             for final_step in (True, False):
                 ts = grids.make(sched, steps, spacing, final_step=final_step)
                 out = entry.function(

@@ -198,17 +198,21 @@ def plot_sampler_comparison(path: Path, generator: torch.Generator, n: int = 400
 
 @dataclass(frozen=True)
 class DemoRun:
-    """A shipped config, shortened to ``steps``, and the (sampler, steps) pairs it is drawn
-    with."""
+    """A shipped config, shortened to ``steps``, the (sampler, steps) pairs it is drawn
+    with, and whether it is the class-conditional digits model that the guidance and
+    inpainting figures show."""
 
     config: str
     steps: int
     draws: tuple[tuple[str, int], ...]
+    guided: bool = False
 
 
 DEMO_RUNS = {
     "toy_2d": DemoRun("toy_2d.toml", 2000, (("ddpm", 100), ("ddim", 20), ("dpm++2m", 10))),
-    "digits": DemoRun("digits_cfg.toml", 1500, (("ddpm", 100), ("ddim", 50), ("dpm++2m", 20))),
+    "digits": DemoRun(
+        "digits_cfg.toml", 1500, (("ddpm", 100), ("ddim", 50), ("dpm++2m", 20)), guided=True
+    ),
 }
 
 
@@ -432,7 +436,7 @@ def run(out_dir: str | Path, seed: int = 0, train_models: bool = True) -> list[P
         figure, run_rows = sample_demo_run(name, runs[name], out, seed)
         paths += [figure, runs[name] / "loss.png"]
         rows += run_rows
-        if name == "digits":
+        if DEMO_RUNS[name].guided:
             figure, guided_rows = plot_guided_digits(runs[name], out, seed)
             paths += [figure, plot_inpainted_digits(runs[name], out, seed)]
             rows += guided_rows

@@ -19,11 +19,29 @@ from typing import NamedTuple
 import torch
 
 from rediff import data, likelihood, variational
+from rediff._choices import Choice
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor, check_finite
 from rediff.metrics import Score
 from rediff.model import NoisyClassifier
 from rediff.runs import Guide, Run, draw, load_run
+
+
+class Method(Choice, noun="method"):
+    """How ``rediff nll`` bounds the likelihood: the probability-flow ODE (exact up to the
+    solver; dequantised for quantised data) or DDPM's discrete variational bound."""
+
+    ODE = "ode"
+    VLB = "vlb"
+
+
+class Split(Choice, noun="split"):
+    """Which data ``rediff nll`` scores: held out where the kind has such data, or the
+    training data."""
+
+    HELD_OUT = "held_out"
+    TRAIN = "train"
+
 
 #: where on the schedule's time range a classifier run is scored
 CLASSIFIER_TIMES = (0.0, 0.1, 0.3, 0.5, 0.7)
@@ -150,11 +168,11 @@ def _row(method: str, unit: str, per_sample: Tensor, nfe: int) -> NLLRow:
     return NLLRow(method, unit, per_sample.numel(), float(per_sample.mean()), se, nfe)
 
 
-def _nll_data(run: Run, split: str, data_path: str | Path | None) -> tuple[Tensor, str]:
+def _nll_data(run: Run, split: Split, data_path: str | Path | None) -> tuple[Tensor, str]:
     """The data ``rediff nll`` scores: the user's (of the run's shape), else the held-out
     split (digits) or the training data."""
     if data_path is None:
-        if split == "train":
+        if split is Split.TRAIN:
             return run.data().x, "training"
         held_out = run.spec.kind.held_out is not None
         return run.held_out().x, "held-out" if held_out else "training"
@@ -182,9 +200,9 @@ class NLL(NamedTuple):
 
 def run_nll(
     run_dir: str | Path,
-    method: str = "ode",
+    method: Method | str = Method.ODE,
     *,
-    split: str = "held_out",
+    split: Split | str = Split.HELD_OUT,
     data_path: str | Path | None = None,
     n: int | None = None,
     probes: int | None = None,
@@ -198,15 +216,14 @@ def run_nll(
     ``probes`` = 0 takes the exact divergence (default for d <= 16; otherwise one Hutchinson
     probe). ``data_path`` scores other data (an image folder or a .npy/.npz) of the run's
     shape. Returns the row and the report, written to ``nll_<method>.md`` when possible."""
-    if method not in ("ode", "vlb"):
-        raise ValueError(f"unknown method {method!r}; valid: 'ode', 'vlb'")
+    method, split = Method.parse(method), Split.parse(split)
     if n is not None and n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     run = load_run(run_dir)
     x, data_name = _nll_data(run, split, data_path)
     x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: n or 512]]
     levels, gen = run.spec.levels, torch.Generator().manual_seed(seed)
-    if method == "vlb":
+    if method is Method.VLB:
         if levels is None:
             raise ValueError("--method vlb needs quantised data (digits, images); use ode")
         bound = variational.vlb(

@@ -35,18 +35,20 @@ from rediff.samplers.unipc import unipc
 @dataclass(frozen=True)
 class Entry:
     """A registered sampler: its function, fixed options, evaluations per grid step, the
-    grid spacing it is used with by default (EDM's Heun: Karras; the rest: log-SNR), and
-    whether it chooses its own steps (an adaptive solver needs a denoiser smooth in t)."""
+    grid spacing it is used with by default (EDM's Heun: Karras; the rest: log-SNR),
+    whether it chooses its own steps (an adaptive solver needs a denoiser smooth in t), and
+    whether it can use a model's learned reverse variance (``variance="learned"``)."""
 
     function: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
     evals_per_step: int = 1
     spacing: str = "logsnr"
     adaptive: bool = False
+    learned_variance: bool = False
 
 
 REGISTRY: dict[str, Entry] = {
-    "ddpm": Entry(ddpm),
+    "ddpm": Entry(ddpm, learned_variance=True),
     "ddim": Entry(ddim),
     "euler": Entry(euler),
     "heun": Entry(heun, evals_per_step=2, spacing="karras"),
