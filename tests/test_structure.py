@@ -103,3 +103,15 @@ def test_every_module_imports_on_its_own():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_no_source_file_is_ignored_by_git():
+    """A .gitignore pattern must not hide package files (``runs/`` once hid rediff.runs)."""
+    root = SRC.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(root)) for p in PACKAGE.rglob("*") if p.suffix in (".py", ".toml")]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", *files], cwd=root, capture_output=True, text=True
+    )
+    assert result.stdout == "", result.stdout

@@ -1,0 +1,124 @@
+"""A trained run as one value (``Run``), loaded from its directory alone (``load_run``);
+``build_model`` makes the model a config describes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rediff._io import atomic_write, in_run, load_tensors
+from rediff.model import DiffusionModel, NoisyClassifier
+from rediff.runs.config import (
+    SCHEDULE_PARAMETERS,
+    Betas,
+    Config,
+    ScheduleKind,
+    from_values,
+    load_config,
+    read_toml,
+    to_toml,
+)
+from rediff.runs.kinds import Dataset
+from rediff.runs.spec import DataSpec
+
+Model = DiffusionModel | NoisyClassifier
+
+
+def build_model(config: Config, shape: tuple[int, ...]) -> Model:
+    """The model ``config`` describes for data of per-sample ``shape``: a DiffusionModel, or
+    with ``loss.kind = "classifier"`` a NoisyClassifier (the same ``model.net`` builds the
+    classifier of that size: an MLP, or the encoder half of the UNet preset)."""
+    m = config.model
+    schedule = config.schedule.build()
+    if config.classifier:
+        net = m.net.classifier(m, tuple(shape))
+        return NoisyClassifier(net, schedule, m.time_input, m.sigma_data)
+    net = m.net.denoiser(m, tuple(shape))
+    return DiffusionModel(net, schedule, m.target, m.time_input, m.sigma_data, m.learned_variance)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights, or a ValueError saying they do not fit the config."""
+    try:
+        model.load_state_dict(load_tensors(path))
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path} does not fit the run's config (was it written by another config?): {error}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained run: its directory, config, data description and model (EMA weights by
+    default)."""
+
+    path: Path
+    config: Config
+    spec: DataSpec
+    model: Model
+
+    def data(self) -> Dataset:
+        """The run's training data (read now: the data must be where the config says)."""
+        return self.spec.kind.load(self.config.data, self.config.seed)
+
+    def held_out(self) -> Dataset:
+        """Data the model was not trained on where the kind has such a split (digits), else
+        the training data."""
+        held_out = self.spec.kind.held_out
+        return held_out(self.config.data, self.config.seed) if held_out else self.data()
+
+    @property
+    def classes(self) -> int:
+        """The classes the model is conditioned on (0: unconditional)."""
+        return self.config.model.num_classes
+
+
+def _run_directory(path: str | Path) -> Path:
+    run = Path(path)
+    if not in_run(run, "config.toml").is_file():
+        raise FileNotFoundError(
+            f"{run} is not a run directory (no config.toml); give a folder written by rediff train"
+        )
+    return run
+
+
+def load_run(path: str | Path, weights: str = "ema", device: str | None = None) -> Run:
+    """The run in directory ``path`` with its ``weights`` ('ema' or 'model'), loaded without
+    pickle and without reading the data."""
+    run = _run_directory(path)
+    spec = DataSpec.load(run)
+    config = load_config(run / "config.toml")
+    model = build_model(config, spec.shape)
+    file = in_run(run, f"{weights}.safetensors")
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{run} has no weights yet ({file.name}): its training stopped before the first "
+            "checkpoint; continue it with rediff train CONFIG --run-dir RUN --resume"
+        )
+    load_weights(model, file)
+    return Run(run, config, spec, model.eval().to(device) if device else model.eval())
+
+
+def upgrade(path: str | Path) -> DataSpec:
+    """Convert a run directory written by an older rediff: its config.toml loses the schedule
+    parameters of other kinds (the old writer wrote them all), and run.json is written from
+    the run's data (read once). Runs already converted are left as they are."""
+    run = _run_directory(path)
+    if in_run(run, "run.json").is_file():
+        return DataSpec.load(run)
+    values = read_toml(run / "config.toml")
+    schedule = values.get("schedule", {})
+    kind = ScheduleKind.parse(schedule.get("kind", ScheduleKind.DISCRETE_VP), "schedule.kind")
+    discrete = kind is ScheduleKind.DISCRETE_VP
+    betas = Betas.parse(schedule.get("betas", Betas.LINEAR)) if discrete else None
+    own = SCHEDULE_PARAMETERS[kind, betas]
+    keep = {"kind", "betas", *own} if discrete else {"kind", *own}
+    values["schedule"] = {k: v for k, v in schedule.items() if k in keep}
+    config = from_values(values)
+    spec = DataSpec.of(config.data.kind, config.data.kind.load(config.data, config.seed))
+    text = to_toml(config)
+    atomic_write(in_run(run, "config.toml"), lambda tmp: Path(tmp).write_text(text))
+    spec.save(run)
+    return spec

@@ -1,0 +1,122 @@
+"""Drawing samples from a trained run, as training's sample grids, ``rediff sample``,
+``rediff eval`` and the demo all do: class labels, guidance, shared noise and x0 limits
+applied in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from rediff import guidance, samplers
+from rediff._tensor import Tensor
+from rediff.model import Conditioned, Denoiser, NoisyClassifier
+from rediff.noise import SharedNoise
+from rediff.runs.run import Run
+from rediff.sampling import sample
+
+
+@dataclass(frozen=True)
+class Guide:
+    """How a run is steered towards class labels: the guidance ``scale`` (1: the conditional
+    model itself) and, for classifier guidance, a trained NoisyClassifier with its number of
+    classes."""
+
+    scale: float = 1.0
+    classifier: NoisyClassifier | None = None
+    classifier_classes: int = 0
+
+    def classes(self, run: Run) -> int:
+        """The number of classes ``run`` can be steered to (0: none)."""
+        return self.classifier_classes if self.classifier is not None else run.classes
+
+
+def steered(run: Run, labels: Tensor | None, guide: Guide = Guide()) -> Denoiser:
+    """The Denoiser that samples class ``labels`` [n] from a run's model: the conditional
+    model (scale 1), classifier-free guidance (a model trained with label dropout), or
+    classifier guidance of the (conditional or not) model; ``labels=None``: the model."""
+    scale, model = guidance.check_scale(guide.scale), run.model
+    if labels is None:
+        if guide.classifier is not None or scale != 1.0:
+            raise ValueError("guidance needs class labels to steer to (--class)")
+        return model
+    classes = guide.classes(run)
+    if not classes:
+        raise ValueError(
+            "class labels need a class-conditional model (model.num_classes > 0) or a "
+            "noise-conditional classifier (--classifier RUN)"
+        )
+    if bool(((labels < 0) | (labels >= classes)).any()):
+        raise ValueError(
+            f"class labels must lie in [0, {classes - 1}], got {sorted(set(labels.tolist()))[:10]}"
+        )
+    base = Conditioned(model, labels=labels) if run.classes else model
+    if guide.classifier is not None:
+        return guidance.classifier(base, guide.classifier, labels, scale)
+    if scale == 1.0:
+        return base
+    if not run.config.train.label_dropout:
+        raise ValueError(
+            "classifier-free guidance (a scale other than 1) needs a model trained with label "
+            "dropout (train.label_dropout > 0), or a classifier (--classifier RUN)"
+        )
+    return guidance.classifier_free(model, labels, scale)
+
+
+def sampler_options(run: Run, sampler: str) -> dict:
+    """What a run implies for a sampler: a model that learns its reverse variance samples
+    with it where the sampler can use it (DDPM)."""
+    learned = run.config.model.learned_variance and samplers.get(sampler).learned_variance
+    return {"variance": "learned"} if learned else {}
+
+
+class Drawn(NamedTuple):
+    """Samples [n, *D], their class labels [n] (None for an unconditional draw) and the
+    number of network evaluations."""
+
+    x: Tensor
+    labels: Tensor | None
+    nfe: int
+
+
+def draw(
+    run: Run,
+    n: int,
+    *,
+    sampler: str,
+    steps: int,
+    generator: torch.Generator,
+    guide: Guide = Guide(),
+    label: int | None = None,
+    shared: SharedNoise | None = None,
+    limit: Callable[[Denoiser], Denoiser] | None = None,
+    progress: bool = False,
+) -> Drawn:
+    """n samples from ``run``'s model (on its device). A conditional (or classifier-guided)
+    model draws class ``label`` for every sample, or without one the classes 0, 1, ... in
+    turn (never the null label, which a model trained without label dropout never saw);
+    ``guide`` steers, ``shared`` shares noise within groups, ``limit`` wraps the denoiser
+    (``rediff.thresholding``)."""
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    device = next(run.model.parameters()).device
+    classes = guide.classes(run)
+    if label is not None:
+        labels = torch.full((n,), int(label), device=device)
+    else:
+        labels = torch.arange(n, device=device) % classes if classes else None
+    denoiser = steered(run, labels, guide)
+    out = sample(
+        limit(denoiser) if limit is not None else denoiser,
+        (n, *run.spec.shape),
+        sampler=sampler,
+        steps=steps,
+        generator=generator,
+        device=device,
+        progress=progress,
+        shared=shared,
+        **sampler_options(run, sampler),
+    )
+    return Drawn(out.x, labels, out.nfe)
