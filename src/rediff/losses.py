@@ -234,6 +234,16 @@ class Loss(Choice):
     SLICED_SM = "sliced_sm"
     EXACT_SM = "exact_sm"
     CLASSIFIER = "classifier"  # trains a NoisyClassifier, not a denoiser
+    # discrete processes (rediff.discrete.bound.DiscreteObjective): the bound, the auxiliary
+    # cross-entropy on x0, and the bound + ce_weight x the cross-entropy (Austin et al. 2021)
+    DISCRETE_VLB = "discrete_vlb"
+    DISCRETE_CE = "discrete_ce"
+    DISCRETE_HYBRID = "discrete_hybrid"
+
+    @property
+    def discrete(self) -> bool:
+        """Whether this loss trains a discrete-state model."""
+        return self.value.startswith("discrete_")
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,11 @@ class Objective:
         object.__setattr__(self, "time_sampler", TimeSampler.parse(self.time_sampler))
         object.__setattr__(self, "variance", variational.ReverseVariance.parse(self.variance))
         object.__setattr__(self, "probe", divergence.Probe.parse(self.probe))
+        if self.kind.discrete:
+            raise ValueError(
+                f"loss {self.kind.value!r} trains discrete models: set schedule.kind to a "
+                "discrete process (d3pm_uniform, d3pm_absorbing, d3pm_gaussian, d3pm_banded)"
+            )
         if self.kind in (Loss.VLB, Loss.HYBRID) and self.time_sampler is not TimeSampler.STEPS:
             raise ValueError(
                 f"loss {self.kind.value!r} estimates a sum over DDPM's steps: set "

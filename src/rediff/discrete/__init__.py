@@ -1,0 +1,37 @@
+"""Discrete-state diffusion (D3PM; Austin et al. 2021): forward processes over categories,
+the x0-parameterised reverse step, the exact categorical-mixture oracle, the variational
+bound and losses, and samplers.
+
+    process = DiscreteProcess.make("absorbing", categories=17, T=1000)
+    mix = CategoricalMixture(weights, probs)          # exact p(x0) over {0..K-1}^D
+    den = mix.denoiser(process)                       # exact logits of p(x0 | x_t)
+    x0 = discrete.sample(den, (n, D), steps=50).x     # ancestral sampling (skipping steps)
+    bound = discrete.vlb(den, x0)                     # L_T + sum L_{t-1} + L_0
+"""
+
+from rediff.discrete.bound import DiscreteObjective, cross_entropy, step_terms, vlb
+from rediff.discrete.denoiser import DiscreteDenoiser, DiscreteModel
+from rediff.discrete.oracle import CategoricalMixture, MixtureDenoiser
+from rediff.discrete.process import BetaSchedule, DiscreteProcess, Kind, make_betas
+from rediff.discrete.reverse import posterior_probs, reverse_probs
+from rediff.discrete.sampling import DiscreteSamples, Final, sample
+
+__all__ = [
+    "BetaSchedule",
+    "CategoricalMixture",
+    "DiscreteDenoiser",
+    "DiscreteModel",
+    "DiscreteObjective",
+    "DiscreteProcess",
+    "DiscreteSamples",
+    "Final",
+    "Kind",
+    "MixtureDenoiser",
+    "cross_entropy",
+    "make_betas",
+    "posterior_probs",
+    "reverse_probs",
+    "sample",
+    "step_terms",
+    "vlb",
+]
