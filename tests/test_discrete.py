@@ -34,7 +34,7 @@ def states(process: DiscreteProcess, dims: int) -> torch.Tensor:
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_products_are_the_explicit_matrix_products(kind, schedule):
-    process = DiscreteProcess.make(kind, 5, T=12, schedule=schedule)
+    process = DiscreteProcess.make(kind, 5, T=12, betas=schedule)
     product = torch.eye(process.num_states, dtype=torch.float64)
     for t in range(1, 13):
         Q = process.step_matrix(t)
@@ -60,7 +60,7 @@ def test_the_chain_ends_in_its_stationary_distribution(kind, categories):
 
 
 def test_the_mutual_information_schedule_masks_everything_at_t():
-    process = DiscreteProcess.make("absorbing", 3, T=7, schedule="mutual_info")
+    process = DiscreteProcess.make("absorbing", 3, T=7, betas="mutual_info")
     assert process.betas[-1] == 1.0 and process.betas[0] == pytest.approx(1 / 7)
     # 1 / (T - t + 1) masks each token at a uniformly distributed step
     alive = torch.stack([process.cumulative(t)[0, 0] for t in range(8)])
@@ -200,14 +200,14 @@ def total_variation(samples: torch.Tensor, mix: CategoricalMixture) -> tuple[flo
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ancestral_sampling_reproduces_the_mixture(kind):
-    """All T = 200 steps with the exact denoiser, 20,000 samples in {0, 1, 2}^2: the
+    """All T = 100 steps with the exact denoiser, 20,000 samples in {0, 1, 2}^2: the
     empirical distribution is within sampling error of the mixture (the factorised step's
     own error at this T is far below it)."""
     mix = mixture(2, 3)
-    den = mix.denoiser(DiscreteProcess.make(kind, 3, T=200))
+    den = mix.denoiser(DiscreteProcess.make(kind, 3, T=100))
     g = torch.Generator().manual_seed(1)
     out = discrete.sample(den, (20000, 2), generator=g, progress=False)
-    assert out.nfe == 200 and out.x.dtype == torch.long
+    assert out.nfe == 100 and out.x.dtype == torch.long
     tv, allowed = total_variation(out.x, mix)
     assert tv < allowed, (tv, allowed)
 
@@ -277,7 +277,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="unknown discrete process 'gaussian2'"):
         DiscreteProcess.make("gaussian2", 4)
     with pytest.raises(ValueError, match="unknown beta schedule 'sqrt'"):
-        DiscreteProcess.make("uniform", 4, schedule="sqrt")
+        DiscreteProcess.make("uniform", 4, betas="sqrt")
     with pytest.raises(ValueError, match="bands must lie in"):
         DiscreteProcess.make("banded", 4, bands=4)
     with pytest.raises(ValueError, match=r"steps must be integers in 0..10"):

@@ -380,7 +380,7 @@ def test_guided_sampling_is_finite_at_any_scale(schedule, sampler, steps, scale,
     trace=st.sampled_from(["exact", "hutchinson"]),
     data=st.data(),
 )
-@settings(PROPERTY, max_examples=25)
+@settings(PROPERTY, max_examples=15)
 def test_the_bound_and_the_hutchinson_likelihood_are_finite(
     T, betas, cosine, shape, variance, levels, trace, data
 ):

@@ -18,13 +18,14 @@ from typing import NamedTuple
 
 import torch
 
-from rediff import data, likelihood, variational
+from rediff import data, discrete, likelihood, variational
 from rediff._choices import Choice
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor, check_finite
+from rediff.discrete import DiscreteModel
 from rediff.metrics import Score
 from rediff.model import NoisyClassifier
-from rediff.runs import Guide, Run, draw, load_run
+from rediff.runs import Dataset, Guide, Run, draw, load_run
 
 
 class Method(Choice, noun="method"):
@@ -87,18 +88,21 @@ class Evaluation(NamedTuple):
 
 def evaluate_run(
     run_dir: str | Path,
-    sampler: str = "dpm++2m",
-    steps: int = 20,
+    sampler: str | None = None,
+    steps: int | None = None,
     n: int | None = None,
     seed: int = 0,
     guide: Guide | None = None,
 ) -> Evaluation:
     """Sample a trained run (steered by ``guide``) and score the samples by its data kind, or
     score a classifier run on noised held-out data. Returns the scores and the report, which
-    is written to ``eval.md`` in the run when the directory is writable."""
+    is written to ``eval.md`` in the run when the directory is writable. ``sampler`` and
+    ``steps`` default to the run's own (its config's ``[sample]``)."""
     if n is not None and n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     run, guide = load_run(run_dir), guide or Guide()
+    sampler = run.config.sample.sampler if sampler is None else sampler
+    steps = run.config.sample.steps if steps is None else steps
     if isinstance(run.model, NoisyClassifier):
         held_out = run.held_out()
         scores = classifier_scores(run.model, held_out.x, held_out.labels, seed)
@@ -169,26 +173,27 @@ def _row(method: str, unit: str, per_sample: Tensor, nfe: int) -> NLLRow:
 
 
 def _nll_data(run: Run, split: Split, data_path: str | Path | None) -> tuple[Tensor, str]:
-    """The data ``rediff nll`` scores: the user's (of the run's shape), else the held-out
-    split (digits) or the training data."""
+    """The data ``rediff nll`` scores, in the model's form (categories for a discrete
+    model): the user's (of the run's shape), else the held-out split (digits) or the
+    training data."""
     if data_path is None:
-        if split is Split.TRAIN:
-            return run.data().x, "training"
-        held_out = run.spec.kind.held_out is not None
-        return run.held_out().x, "held-out" if held_out else "training"
-    path = Path(data_path)
-    c = run.config.data
-    x = (
-        data.load_image_folder(path, c.image_size, c.channels)[0]
-        if path.is_dir()
-        else data.load_array(path).x
-    )
-    if tuple(x.shape[1:]) != run.spec.shape:
-        raise ValueError(
-            f"{data_path} holds data of shape {list(x.shape[1:])}, but the run's model "
-            f"takes {list(run.spec.shape)}; resize the images or pick the matching run"
-        )
-    return x, str(data_path)
+        held_out = split is Split.HELD_OUT and run.spec.kind.held_out is not None
+        dataset = run.held_out() if held_out else run.data()
+        name = "held-out" if held_out else "training"
+    else:
+        path, c, spec = Path(data_path), run.config.data, run.spec
+        if path.is_dir():
+            x = data.load_image_folder(path, c.image_size, c.channels)[0]
+        else:
+            x = data.load_array(path, integers=spec.integer).x
+        if tuple(x.shape[1:]) != spec.shape:
+            raise ValueError(
+                f"{data_path} holds data of shape {list(x.shape[1:])}, but the run's model "
+                f"takes {list(spec.shape)}; resize the images or pick the matching run"
+            )
+        dataset, name = Dataset(x, levels=spec.levels, ordinal=spec.ordinal), str(data_path)
+    discrete_model = isinstance(run.model, DiscreteModel)
+    return (dataset.categories() if discrete_model else dataset.x), name
 
 
 class NLL(NamedTuple):
@@ -198,9 +203,50 @@ class NLL(NamedTuple):
     report: str
 
 
+def _method(run: Run, method: Method | str | None) -> Method:
+    """The method asked for, or the run's own: the bound for a discrete model (which has no
+    probability-flow ODE), the ODE otherwise."""
+    discrete_model = isinstance(run.model, DiscreteModel)
+    default = Method.VLB if discrete_model else Method.ODE
+    method = default if method is None else Method.parse(method)
+    if discrete_model and method is Method.ODE:
+        raise ValueError("a discrete model has no probability-flow ODE: use --method vlb")
+    if method is Method.VLB and run.spec.levels is None:
+        raise ValueError("--method vlb needs quantised data (digits, images); use ode")
+    return method
+
+
+def _bound_row(run: Run, x: Tensor, vlb_steps: int | None, gen) -> NLLRow:
+    """The discrete bound (DDPM's over the data's levels, or a D3PM model's) in bits/dim;
+    NFE: the diffusion terms evaluated plus the decoder's."""
+    num_steps = vlb_steps or None
+    if isinstance(run.model, DiscreteModel):
+        bound = discrete.vlb(run.model, x, num_steps=num_steps, generator=gen)
+        total = run.model.process.num_steps
+    else:
+        levels = run.spec.levels
+        bound = variational.vlb(run.model, x, levels=levels, num_steps=num_steps, generator=gen)
+        total = run.model.schedule.num_steps
+    return _row("vlb", "bits/dim", bound.bits_per_dim, (num_steps or total - 1) + 1)
+
+
+def _ode_row(run: Run, x: Tensor, probes: int | None, rtol: float, gen) -> NLLRow:
+    """The probability-flow ODE likelihood: bits/dim of dequantised levels, or nats/dim."""
+    probes = probes if probes is not None else (0 if x[0].numel() <= 16 else 1)
+    trace = {"trace": "exact"} if probes == 0 else {"trace": "hutchinson", "probes": probes}
+    solver, levels = likelihood.Solver(rtol, rtol), run.spec.levels
+    with torch.no_grad():
+        if levels is not None:
+            options = {"generator": gen, "solver": solver, **trace}
+            out = likelihood.dequantized_nll(run.model, x, levels, **options)
+            return _row("ode", "bits/dim", out.bits_per_dim, out.nfe)
+        out = likelihood.log_likelihood(run.model, x, solver=solver, generator=gen, **trace)
+        return _row("ode", "nats/dim", out.nll / x[0].numel(), out.nfe)
+
+
 def run_nll(
     run_dir: str | Path,
-    method: Method | str = Method.ODE,
+    method: Method | str | None = None,
     *,
     split: Split | str = Split.HELD_OUT,
     data_path: str | Path | None = None,
@@ -212,38 +258,23 @@ def run_nll(
 ) -> NLL:
     """Negative log-likelihood of a run's data (``rediff nll``): for quantised data (digits,
     images, integer arrays) bits per dimension of its levels (ODE with uniform
-    dequantisation, or the discrete VLB), for continuous data nats per dimension (ODE).
-    ``probes`` = 0 takes the exact divergence (default for d <= 16; otherwise one Hutchinson
-    probe). ``data_path`` scores other data (an image folder or a .npy/.npz) of the run's
-    shape. Returns the row and the report, written to ``nll_<method>.md`` when possible."""
-    method, split = Method.parse(method), Split.parse(split)
+    dequantisation, or the discrete VLB; a discrete model: its bound), for continuous data
+    nats per dimension (ODE). ``probes`` = 0 takes the exact divergence (default for d <= 16;
+    otherwise one Hutchinson probe). ``data_path`` scores other data (an image folder or a
+    .npy/.npz) of the run's shape. Returns the row and the report, written to
+    ``nll_<method>.md`` when possible."""
+    split = Split.parse(split)
     if n is not None and n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     run = load_run(run_dir)
+    method = _method(run, method)
     x, data_name = _nll_data(run, split, data_path)
     x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: n or 512]]
-    levels, gen = run.spec.levels, torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     if method is Method.VLB:
-        if levels is None:
-            raise ValueError("--method vlb needs quantised data (digits, images); use ode")
-        bound = variational.vlb(
-            run.model, x, levels=levels, num_steps=vlb_steps or None, generator=gen
-        )
-        evaluations = (vlb_steps or run.model.schedule.num_steps - 1) + 1  # + the decoder's
-        row = _row("vlb", "bits/dim", bound.bits_per_dim, evaluations)
+        row = _bound_row(run, x, vlb_steps, gen)
     else:
-        probes = probes if probes is not None else (0 if x[0].numel() <= 16 else 1)
-        trace = {"trace": "exact"} if probes == 0 else {"trace": "hutchinson", "probes": probes}
-        solver = likelihood.Solver(rtol, rtol)
-        with torch.no_grad():
-            if levels is not None:
-                out = likelihood.dequantized_nll(
-                    run.model, x, levels, generator=gen, solver=solver, **trace
-                )
-                row = _row("ode", "bits/dim", out.bits_per_dim, out.nfe)
-            else:
-                out = likelihood.log_likelihood(run.model, x, solver=solver, generator=gen, **trace)
-                row = _row("ode", "nats/dim", out.nll / x[0].numel(), out.nfe)
+        row = _ode_row(run, x, probes, rtol, gen)
     report = (
         "\n".join(
             [

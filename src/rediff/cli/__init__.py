@@ -81,6 +81,15 @@ def _guidance_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier", help="a classifier run (loss.kind = 'classifier')")
 
 
+def _sampler_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sampler",
+        help="a name in rediff.samplers.REGISTRY (discrete runs: ancestral, cached); default: "
+        "the run's own (its config's sample.sampler)",
+    )
+    parser.add_argument("--steps", type=int, help="default: the run's own (sample.steps)")
+
+
 def _add_demo(sub) -> None:
     demo = sub.add_parser(
         "demo", help="train a 2-D and a digits model, sample them, write pictures and a summary"
@@ -118,8 +127,7 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     sample = sub.add_parser("sample", help="draw samples from a trained run")
     sample.add_argument("run_dir", help="a run directory written by rediff train")
-    sample.add_argument("--sampler", default="dpm++2m", help="any name in rediff.samplers.REGISTRY")
-    sample.add_argument("--steps", type=int, default=20)
+    _sampler_options(sample)
     sample.add_argument(
         "--n", type=int, help="number of samples (default: 100 images or 2000 points)"
     )
@@ -174,8 +182,7 @@ def _add_sample(sub) -> None:
 def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="score a trained run against its data")
     ev.add_argument("run_dir", help="a run directory written by rediff train")
-    ev.add_argument("--sampler", default="dpm++2m", help="any name in rediff.samplers.REGISTRY")
-    ev.add_argument("--steps", type=int, default=20)
+    _sampler_options(ev)
     ev.add_argument("--n", type=int, help="samples (default: 360 for digits, else up to 5000)")
     ev.add_argument("--seed", type=int, default=0)
     _guidance_options(ev)
@@ -189,7 +196,12 @@ def _add_nll(sub) -> None:
     )
     nll = sub.add_parser("nll", help=what, description=what)
     nll.add_argument("run_dir", help="a run directory written by rediff train")
-    nll.add_argument("--method", choices=["ode", "vlb"], default="ode")
+    nll.add_argument(
+        "--method",
+        choices=["ode", "vlb"],
+        help="the probability-flow ODE (default) or the discrete bound (the default, and the "
+        "only method, of a discrete model)",
+    )
     nll.add_argument(
         "--split",
         choices=["held_out", "train"],

@@ -120,10 +120,11 @@ def sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from rediff import noise, samplers
+    from rediff import noise
     from rediff.model import NoisyClassifier
     from rediff.nets import accelerate
     from rediff.runs import draw, load_run
+    from rediff.runs.config import sampler_registry
 
     device = _device(args.device)
     run = load_run(args.run_dir, device=device)
@@ -131,7 +132,9 @@ def sample(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.run_dir} is a classifier; pass it as --classifier to a model run")
     out = _output(args.out, run.spec.shape)
     n = args.n if args.n is not None else (100 if len(run.spec.shape) == 3 else 2000)
-    samplers.get(args.sampler)
+    args.sampler = run.config.sample.sampler if args.sampler is None else args.sampler
+    args.steps = run.config.sample.steps if args.steps is None else args.steps
+    sampler_registry(run.config).get(args.sampler)
 
     def prepare(m):
         net = accelerate(

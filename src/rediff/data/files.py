@@ -104,9 +104,10 @@ class ArrayData(NamedTuple):
     pixels: bool
 
 
-def load_array(path: str | Path) -> ArrayData:
+def load_array(path: str | Path, *, integers: bool = False) -> ArrayData:
     """Data [N, ...] from a .npy file, or from a .npz file's ``x`` (or only) array with
-    optional ``labels``; loaded with allow_pickle=False."""
+    optional ``labels``; loaded with allow_pickle=False. With ``integers`` the array must
+    hold integers and is returned as such (categories), not mapped to [-1, 1]."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"array file not found: {path}; set data.path to a .npy/.npz")
@@ -131,11 +132,14 @@ def load_array(path: str | Path) -> ArrayData:
         )
     x = torch.as_tensor(array)
     pixels = not x.is_floating_point()
-    x = 2.0 * x.float() / PIXEL_MAX - 1.0 if pixels else x.float()
+    if integers and not pixels:
+        raise ValueError(f"{path} holds {x.dtype} values; categories must be integers")
+    if not integers:
+        x = 2.0 * x.float() / PIXEL_MAX - 1.0 if pixels else x.float()
     check_finite(f"data in {path}", x)
     if labels is not None and labels.shape != (x.shape[0],):
         raise ValueError(f"{path}: labels must have shape [{x.shape[0]}], got {labels.shape}")
-    return ArrayData(x, labels, pixels)
+    return ArrayData(x.long() if integers else x, labels, pixels)
 
 
 def random_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

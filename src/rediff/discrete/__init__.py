@@ -12,7 +12,7 @@ bound and losses, and samplers.
 from rediff.discrete.bound import DiscreteObjective, cross_entropy, step_terms, vlb
 from rediff.discrete.denoiser import DiscreteDenoiser, DiscreteModel
 from rediff.discrete.oracle import CategoricalMixture, MixtureDenoiser
-from rediff.discrete.process import BetaSchedule, DiscreteProcess, Kind, make_betas
+from rediff.discrete.process import BetaSchedule, DiscreteProcess, Kind, default_betas, make_betas
 from rediff.discrete.reverse import posterior_probs, reverse_probs
 from rediff.discrete.sampling import DiscreteSamples, Final, sample
 
@@ -28,6 +28,7 @@ __all__ = [
     "Kind",
     "MixtureDenoiser",
     "cross_entropy",
+    "default_betas",
     "make_betas",
     "posterior_probs",
     "reverse_probs",

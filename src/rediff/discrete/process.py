@@ -78,6 +78,13 @@ def make_betas(
     return tuple(betas.tolist())
 
 
+def default_betas(kind: Kind | str) -> BetaSchedule:
+    """Each kind's usual schedule (Austin et al. 2021): absorbing mutual_info, uniform cosine,
+    gaussian and banded linear."""
+    defaults = {Kind.ABSORBING: BetaSchedule.MUTUAL_INFO, Kind.UNIFORM: BetaSchedule.COSINE}
+    return defaults.get(Kind.parse(kind), BetaSchedule.LINEAR)
+
+
 @dataclass(frozen=True)
 class DiscreteProcess:
     """A per-coordinate D3PM forward process over ``categories`` = K data values with one-step
@@ -109,19 +116,17 @@ class DiscreteProcess:
         kind: Kind | str,
         categories: int,
         T: int = 1000,
-        schedule: BetaSchedule | str | None = None,
+        betas: BetaSchedule | str | None = None,
         *,
-        start: float = 0.02,
-        end: float = 1.0,
+        beta_start: float = 0.02,
+        beta_end: float = 1.0,
         bands: int = 1,
     ) -> DiscreteProcess:
-        """A process with betas from a schedule; by default each kind's usual one (absorbing:
-        mutual_info, uniform: cosine, gaussian and banded: linear)."""
+        """A process with ``betas`` from a schedule (``beta_start`` / ``beta_end``: the linear
+        one's ends); by default each kind's usual schedule (``default_betas``)."""
         kind = Kind.parse(kind)
-        if schedule is None:
-            default = {Kind.ABSORBING: BetaSchedule.MUTUAL_INFO, Kind.UNIFORM: BetaSchedule.COSINE}
-            schedule = default.get(kind, BetaSchedule.LINEAR)
-        return cls(kind, categories, make_betas(schedule, T, start, end), bands)
+        schedule = default_betas(kind) if betas is None else betas
+        return cls(kind, categories, make_betas(schedule, T, beta_start, beta_end), bands)
 
     # ---- sizes -------------------------------------------------------------------------------
 
@@ -274,6 +279,10 @@ def categorical(
 
 
 def kl(p: Tensor, q: Tensor) -> Tensor:
-    """KL(p || q) along the last dimension (0 log 0 = 0; q = 0 where p > 0 gives inf)."""
-    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
-    return terms.sum(-1)
+    """KL(p || q) along the last dimension (0 log 0 = 0; q = 0 where p > 0 gives inf). The
+    logarithms are taken only where p > 0, so no NaN reaches the gradient from the terms
+    left out."""
+    positive = p > 0
+    one = torch.ones_like(p)
+    log_ratio = torch.log(torch.where(positive, p, one)) - torch.log(torch.where(positive, q, one))
+    return torch.where(positive, p * log_ratio, torch.zeros_like(p)).sum(-1)

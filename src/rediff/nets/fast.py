@@ -48,7 +48,7 @@ class Accelerated(nn.Module):
             net.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, time: Tensor, **cond) -> Tensor:
-        dtype = x.dtype
+        dtype = x.dtype if x.is_floating_point() else time.dtype  # integer states: the time's
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = (

@@ -123,7 +123,8 @@ def check_image(x: Tensor, channels: int, resolution: int, name: str) -> None:
 class Encoder(nn.Module):
     """The UNet's first half, shared by ``UNet`` and ``NoiseClassifier``: time (and class)
     embedding, input convolution, the downsampling path and the middle blocks. Arguments as
-    ``UNet``'s; ``widths`` are the channel widths of the skips the path leaves."""
+    ``UNet``'s (``in_channels``: the input's channels when they differ from the output's);
+    ``widths`` are the channel widths of the skips the path leaves."""
 
     def __init__(
         self,
@@ -137,12 +138,14 @@ class Encoder(nn.Module):
         groups: int,
         time_scale: float,
         num_classes: int | None = None,
+        in_channels: int | None = None,
     ):
         super().__init__()
         self.channels, self.resolution = channels, resolution
+        self.in_channels = in_channels or channels
         emb_dim = 4 * ch
         self.embed = TimeEmbedding(ch, emb_dim, time_scale, num_classes)
-        self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(self.in_channels, ch, 3, padding=1)
         self.down, self.widths = down_path(
             ch, ch_mult, num_res_blocks, attn_resolutions, resolution, emb_dim, dropout, groups
         )
@@ -150,7 +153,7 @@ class Encoder(nn.Module):
 
     def encode(self, x: Tensor, time: Tensor, labels: Tensor | None = None):
         """(lowest-resolution features, skips, embedding) of images x [B, C, H, W]."""
-        check_image(x, self.channels, self.resolution, type(self).__name__)
+        check_image(x, self.in_channels, self.resolution, type(self).__name__)
         emb = self.embed(time, labels)
         h = self.conv_in(x)
         skips = [h]
@@ -177,6 +180,7 @@ class UNet(Encoder):
         dropout: inside residual blocks. groups: GroupNorm groups (32 in DDPM).
         time_scale: see ``TimeEmbedding``. num_classes: class conditioning with a null label.
         outputs: output tensors shaped like x, stacked on the channels ([B, outputs C, H, W]).
+        in_channels: the input's channels, if not C (e.g. a [MASK] indicator per channel).
     """
 
     def __init__(
@@ -192,6 +196,7 @@ class UNet(Encoder):
         time_scale: float = 1.0,
         num_classes: int | None = None,
         outputs: int = 1,
+        in_channels: int | None = None,
     ):
         super().__init__(
             channels,
@@ -204,6 +209,7 @@ class UNet(Encoder):
             groups,
             time_scale,
             num_classes,
+            in_channels,
         )
         emb_dim, widths = 4 * ch, list(self.widths)
         width, res = widths[-1], resolution // 2 ** (len(ch_mult) - 1)

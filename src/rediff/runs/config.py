@@ -9,6 +9,7 @@ name them. ``--set section.key=value`` overrides use the same checks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import sys
@@ -24,13 +25,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from rediff import samplers, schedules
+from rediff import discrete, samplers, schedules
 from rediff._choices import Choice
 from rediff.divergence import Probe
 from rediff.losses import Loss, TimeSampler, Weighting
 from rediff.nets import Precision
 from rediff.runs.kinds import DataConfig
-from rediff.runs.nets import ModelConfig
+from rediff.runs.nets import NETS, ModelConfig
 from rediff.schedules import Schedule
 from rediff.variational import ReverseVariance
 
@@ -41,15 +42,34 @@ class ScheduleKind(Choice, noun="schedule.kind"):
     SUBVP = "subvp"
     VE = "ve"
     EDM = "edm"
+    # discrete-state processes (rediff.discrete, D3PM): the model predicts categories
+    D3PM_UNIFORM = "d3pm_uniform"
+    D3PM_ABSORBING = "d3pm_absorbing"
+    D3PM_GAUSSIAN = "d3pm_gaussian"
+    D3PM_BANDED = "d3pm_banded"
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the forward process is over categories (a DiscreteProcess)."""
+        return self.value.startswith("d3pm_")
+
+    @property
+    def stepped(self) -> bool:
+        """Whether the process has integer steps and a beta schedule (``schedule.betas``)."""
+        return self.discrete or self is ScheduleKind.DISCRETE_VP
 
 
 class Betas(Choice, noun="schedule.betas"):
     LINEAR = "linear"
     COSINE = "cosine"
+    MUTUAL_INFO = "mutual_info"  # discrete processes only: 1 / (T - t + 1)
 
 
-def _constructor(kind: ScheduleKind, betas: Betas) -> Callable[..., Schedule]:
-    """The constructor a schedule kind's parameters go to (their defaults are its own)."""
+def _constructor(kind: ScheduleKind, betas: Betas | None) -> Callable[..., Any]:
+    """The constructor a schedule kind's parameters go to (their defaults are its own); a
+    discrete process's takes the number of categories, which the data decide, too."""
+    if kind.discrete:
+        return functools.partial(discrete.DiscreteProcess.make, kind.value[len("d3pm_") :])
     if kind is ScheduleKind.DISCRETE_VP:
         return schedules.DiscreteVP.linear if betas is Betas.LINEAR else schedules.DiscreteVP.cosine
     return {
@@ -60,25 +80,30 @@ def _constructor(kind: ScheduleKind, betas: Betas) -> Callable[..., Schedule]:
     }[kind]
 
 
-#: the parameters of each kind of schedule (``betas`` only for discrete_vp)
-SCHEDULE_PARAMETERS = {
-    (ScheduleKind.DISCRETE_VP, Betas.LINEAR): ("T", "beta_start", "beta_end"),
-    (ScheduleKind.DISCRETE_VP, Betas.COSINE): ("T",),
-    (ScheduleKind.LINEAR_VP, None): ("beta_min", "beta_max"),
-    (ScheduleKind.SUBVP, None): ("beta_min", "beta_max"),
-    (ScheduleKind.VE, None): ("sigma_min", "sigma_max"),
-    (ScheduleKind.EDM, None): ("sigma_min", "sigma_max"),
-}
+def schedule_parameters(kind: ScheduleKind, betas: Betas | None) -> tuple[str, ...]:
+    """The config keys of a kind of schedule (besides kind and betas)."""
+    if kind.stepped:
+        linear = ("beta_start", "beta_end") if betas is Betas.LINEAR else ()
+        return ("T", *linear, *(("bands",) if kind is ScheduleKind.D3PM_BANDED else ()))
+    sigmas = kind in (ScheduleKind.VE, ScheduleKind.EDM)
+    return ("sigma_min", "sigma_max") if sigmas else ("beta_min", "beta_max")
+
+
+def _default_betas(kind: ScheduleKind) -> Betas:
+    if kind.discrete:
+        return Betas(discrete.default_betas(kind.value[len("d3pm_") :]).value)
+    return Betas.LINEAR
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The ``[schedule]`` section. Parameters left out take the defaults of the schedule's own
+    """The ``[schedule]`` section. Parameters left out take the defaults of the process's own
     constructor (EDM: sigma 0.002 to 80; VE: 0.01 to 50; VP: beta 0.1 to 20; DDPM: T = 1000,
-    betas 1e-4 to 0.02); a parameter of another kind is an error."""
+    betas 1e-4 to 0.02; D3PM: T = 1000 and each kind's usual betas); a parameter of another
+    kind is an error. ``d3pm_*`` kinds are discrete processes over the data's categories."""
 
     kind: ScheduleKind = ScheduleKind.DISCRETE_VP
-    betas: Betas | None = None  # discrete_vp: linear (default) or cosine
+    betas: Betas | None = None  # discrete_vp: linear or cosine; d3pm_*: also mutual_info
     T: int | None = None
     beta_start: float | None = None
     beta_end: float | None = None
@@ -86,34 +111,46 @@ class ScheduleConfig:
     beta_max: float | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
+    bands: int | None = None  # d3pm_banded: how many neighbouring levels a step may reach
 
     def __post_init__(self) -> None:
         kind = ScheduleKind.parse(self.kind)
         object.__setattr__(self, "kind", kind)
-        discrete = kind is ScheduleKind.DISCRETE_VP
-        if not discrete and self.betas is not None:
+        if not kind.stepped and self.betas is not None:
             raise ValueError(
-                f"schedule.betas is a parameter of 'discrete_vp', not of {kind.value!r}"
+                f"schedule.betas is a parameter of 'discrete_vp' and the d3pm kinds, not of "
+                f"{kind.value!r}"
             )
-        betas = Betas.parse(self.betas or Betas.LINEAR) if discrete else None
+        betas = Betas.parse(self.betas or _default_betas(kind)) if kind.stepped else None
+        if kind is ScheduleKind.DISCRETE_VP and betas is Betas.MUTUAL_INFO:
+            raise ValueError("schedule.betas = 'mutual_info' is for the d3pm kinds")
         object.__setattr__(self, "betas", betas)
-        own = SCHEDULE_PARAMETERS[kind, betas]
+        own = schedule_parameters(kind, betas)
         defaults = inspect.signature(_constructor(kind, betas)).parameters
         for f in dataclasses.fields(self)[2:]:
             value = getattr(self, f.name)
             if f.name in own and value is None:
                 object.__setattr__(self, f.name, defaults[f.name].default)
             elif f.name not in own and value is not None:
-                name = kind.value + (f" with betas = {betas.value!r}" if discrete else "")
+                name = kind.value + (f" with betas = {betas.value!r}" if betas else "")
                 raise ValueError(
                     f"schedule.{f.name} is not a parameter of schedule.kind = {name} (its "
                     f"parameters: {', '.join(own)})"
                 )
 
-    def build(self) -> Schedule:
-        """The schedule these parameters describe (its constructor checks their values)."""
-        own = SCHEDULE_PARAMETERS[self.kind, self.betas]
-        return _constructor(self.kind, self.betas)(**{name: getattr(self, name) for name in own})
+    @property
+    def discrete(self) -> bool:
+        return self.kind.discrete
+
+    def build(self, categories: int | None = None) -> Schedule | discrete.DiscreteProcess:
+        """The schedule these parameters describe (its constructor checks their values); a
+        discrete process over ``categories`` values."""
+        values = {name: getattr(self, name) for name in schedule_parameters(self.kind, self.betas)}
+        if not self.discrete:
+            return _constructor(self.kind, self.betas)(**values)
+        if categories is None:
+            raise ValueError(f"schedule.kind = {self.kind.value!r} needs the data's categories")
+        return _constructor(self.kind, self.betas)(categories, betas=self.betas.value, **values)
 
 
 class _Typed:
@@ -142,6 +179,9 @@ class LossConfig(_Typed):
     variance: ReverseVariance = ReverseVariance.BETA  # vlb / hybrid: the reverse variance
     probes: int = 1  # sliced_sm
     probe: Probe = Probe.RADEMACHER  # sliced_sm
+    # discrete_hybrid: the bound + ce_weight x the cross-entropy on x0 (Austin et al.'s
+    # lambda = 0.001 on their per-step loss is 0.001 T here: 1 for T = 1000)
+    ce_weight: float = 1.0
 
 
 class Device(Choice, noun="train.device"):
@@ -181,14 +221,13 @@ class TrainConfig(_Typed):
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """The ``[sample]`` section: the training's sample grids."""
+    """The ``[sample]`` section: the sampler of the training's sample grids, and what
+    ``rediff sample`` / ``eval`` use when not told (default: dpm++2m, or ancestral for a
+    discrete process)."""
 
-    sampler: str = "dpm++2m"
+    sampler: str | None = None
     steps: int = 20
     n: int = 2000
-
-    def __post_init__(self) -> None:
-        samplers.get(self.sampler)  # a name of the registry, or an error listing them
 
 
 _AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
@@ -209,6 +248,8 @@ RANGES = {
     "model.dropout": _FRACTION,
     "loss.vlb_weight": _NON_NEGATIVE,
     "loss.probes": _AT_LEAST_ONE,
+    "loss.ce_weight": _NON_NEGATIVE,
+    "model.heads": _AT_LEAST_ONE,
     "train.steps": _AT_LEAST_ONE,
     "train.batch_size": _AT_LEAST_ONE,
     "train.accumulate": _AT_LEAST_ONE,
@@ -241,6 +282,10 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def __post_init__(self) -> None:
+        if self.sample.sampler is None:  # each family's default
+            default = "ancestral" if self.schedule.discrete else "dpm++2m"
+            object.__setattr__(self, "sample", dataclasses.replace(self.sample, sampler=default))
+        sampler_registry(self).get(self.sample.sampler)  # a name of the registry, or an error
         for key, (ok, text) in RANGES.items():
             section, name = key.split(".")
             value = getattr(getattr(self, section), name)
@@ -254,9 +299,45 @@ class Config:
         return self.loss.kind is Loss.CLASSIFIER
 
 
+def sampler_registry(config: Config):
+    """The samplers a run of ``config`` draws with: ``rediff.samplers`` or, for a discrete
+    process, ``rediff.discrete.sampling`` (each has ``get(name)``)."""
+    return discrete.sampling if config.schedule.discrete else samplers
+
+
+def _check_discrete(config: Config) -> None:
+    """A discrete process trains with a discrete loss and a net that has a discrete form."""
+    schedule, loss = config.schedule, config.loss.kind
+    if schedule.discrete != loss.discrete:
+        family = "discrete" if schedule.discrete else "continuous"
+        valid = ", ".join(repr(k.value) for k in Loss if k.discrete == schedule.discrete)
+        raise ValueError(
+            f"loss.kind = {loss.value!r} does not train the {family} schedule.kind = "
+            f"{schedule.kind.value!r}; use one of {valid}"
+        )
+    if schedule.discrete and config.sample.steps > schedule.T:
+        raise ValueError(
+            f"sample.steps = {config.sample.steps} exceeds schedule.T = {schedule.T}: a "
+            "discrete sampler takes at most one step per step of the process"
+        )
+    if schedule.discrete and config.model.learned_variance:
+        raise ValueError("model.learned_variance is for DDPM's Gaussian steps, not a d3pm process")
+    if schedule.discrete and config.model.net.discrete is None:
+        raise ValueError(
+            f"model.net = {config.model.net.name!r} has no discrete form; use one of "
+            f"{', '.join(repr(n) for n, k in NETS.items() if k.discrete is not None)}"
+        )
+    if not schedule.discrete and config.model.net.denoiser is None:
+        raise ValueError(
+            f"model.net = {config.model.net.name!r} serves discrete processes only (a d3pm "
+            "schedule.kind)"
+        )
+
+
 def _check_combinations(config: Config) -> None:
     """Refuse options that cannot train together (those that need the data are checked when
     the run starts)."""
+    _check_discrete(config)
     dropout, classes = config.train.label_dropout, config.model.num_classes
     if dropout and not classes:
         raise ValueError(
@@ -321,7 +402,8 @@ def _shown(value: Any) -> str:
 def _value_type(hint: Any) -> Any:
     """The type a field's annotation asks for (``X | None`` and ``X | str``: X)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next(a for a in typing.get_args(hint) if a not in (type(None), str))
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return next((a for a in options if a is not str), str)
     return hint
 
 

@@ -1,6 +1,6 @@
 """Model kinds: the ``[model]`` section and the registry from ``model.net`` to the networks it
-builds (a denoiser's net and a noise-conditional classifier's net of that size). Adding a
-network is one ``NetKind`` entry in ``NETS``."""
+builds (a denoiser's net, a noise-conditional classifier's net of that size, and the net of a
+discrete-state model). Adding a network is one ``NetKind`` entry in ``NETS``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from rediff.discrete import DiscreteProcess
 from rediff.model import TimeInput
-from rediff.nets import MLP, NoiseClassifier, UNet
+from rediff.nets import MLP, Head, LevelsNet, NoiseClassifier, Transformer, UNet
 from rediff.parametrization import Target
 
 Shape = tuple[int, ...]
@@ -21,12 +22,14 @@ Shape = tuple[int, ...]
 class NetKind:
     """A registered network: ``denoiser(model_config, shape)`` builds the net of a
     DiffusionModel for data of per-sample ``shape``, ``classifier(model_config, shape)`` the
-    net of a NoisyClassifier (logits over ``model.num_classes``); both refuse a shape they
-    cannot take."""
+    net of a NoisyClassifier (logits over ``model.num_classes``), ``discrete(model_config,
+    shape, process)`` the net of a DiscreteModel (logits over the process's categories);
+    each refuses a shape it cannot take, and None marks a form the network does not have."""
 
     name: str
-    denoiser: Callable[[ModelConfig, Shape], nn.Module]
-    classifier: Callable[[ModelConfig, Shape], nn.Module]
+    denoiser: Callable[[ModelConfig, Shape], nn.Module] | None
+    classifier: Callable[[ModelConfig, Shape], nn.Module] | None
+    discrete: Callable[[ModelConfig, Shape, DiscreteProcess], nn.Module] | None = None
 
     @classmethod
     def parse(cls, value: NetKind | str, what: str = "model.net") -> NetKind:
@@ -55,13 +58,16 @@ class ModelConfig:
     width: int = 256  # mlp
     depth: int = 4  # mlp
     num_classes: int = 0  # 0: unconditional
-    dropout: float = 0.0  # unet_*
+    dropout: float = 0.0  # unet_*, transformer
     learned_variance: bool = False  # the net also outputs DDPM's reverse variance (hybrid loss)
+    head: Head = Head.LOGITS  # discrete unet_*: K logits per pixel, or a discretised logistic
+    heads: int = 4  # transformer: attention heads (its width and depth: model.width, depth)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net", NetKind.parse(self.net))
         object.__setattr__(self, "target", Target.parse(self.target, "model.target"))
         object.__setattr__(self, "time_input", TimeInput.parse(self.time_input, "model.time_input"))
+        object.__setattr__(self, "head", Head.parse(self.head, "model.head"))
 
 
 def _common(m: ModelConfig) -> dict:
@@ -93,8 +99,35 @@ def _fits(name: str, net, shape: Shape):
     return net
 
 
+def _levels(name: str, preset) -> Callable[[ModelConfig, Shape, DiscreteProcess], nn.Module]:
+    """The discrete form of a UNet preset: a LevelsNet around the preset built with a [MASK]
+    indicator per channel (absorbing processes) and K logits (or 2 logistic parameters) per
+    pixel."""
+
+    def build(m: ModelConfig, shape: Shape, process: DiscreteProcess) -> nn.Module:
+        masked = process.mask is not None
+        if m.head is Head.LOGISTIC and not process.ordinal:
+            raise ValueError(
+                f"model.head = 'logistic' needs ordinal levels; the {process.kind.value!r} "
+                "process treats the values as unordered: use model.head = 'logits'"
+            )
+        outputs = 2 if m.head is Head.LOGISTIC else process.categories
+        channels = shape[0] if len(shape) == 3 else 1  # a wrong shape is refused by _fits
+        net = preset(
+            dropout=m.dropout,
+            time_scale=m.time_scale,
+            num_classes=m.num_classes or None,
+            outputs=outputs,
+            in_channels=channels * (2 if masked else 1),
+        )
+        return LevelsNet(_fits(name, net, shape), process.categories, masked, m.head)
+
+    return build
+
+
 def _unet(name: str, denoiser, classifier) -> NetKind:
-    """A UNet preset: the denoiser and the encoder classifier of the same size."""
+    """A UNet preset: the denoiser, the encoder classifier of the same size, and the
+    discrete form."""
     return NetKind(
         name,
         lambda m, shape: _fits(name, denoiser(dropout=m.dropout, **_common(m)), shape),
@@ -103,6 +136,27 @@ def _unet(name: str, denoiser, classifier) -> NetKind:
             classifier(num_classes=m.num_classes, dropout=m.dropout, time_scale=m.time_scale),
             shape,
         ),
+        _levels(name, denoiser),
+    )
+
+
+def _transformer(m: ModelConfig, shape: Shape, process: DiscreteProcess) -> nn.Module:
+    """A bidirectional transformer over sequences [L] of tokens."""
+    if len(shape) != 1:
+        raise ValueError(
+            f"model.net = 'transformer' takes token sequences [N, L], but the data are "
+            f"{list(shape)} per sample; use a unet preset for images"
+        )
+    return Transformer(
+        process.categories,
+        process.num_states,
+        shape[0],
+        width=m.width,
+        depth=m.depth,
+        heads=m.heads,
+        dropout=m.dropout,
+        time_scale=m.time_scale,
+        num_classes=m.num_classes or None,
     )
 
 
@@ -111,4 +165,5 @@ NETS: dict[str, NetKind] = {
     "mlp": NetKind("mlp", _mlp, _mlp_classifier),
     "unet_digits": _unet("unet_digits", UNet.digits, NoiseClassifier.digits),
     "unet_cifar10": _unet("unet_cifar10", UNet.cifar10, NoiseClassifier.cifar10),
+    "transformer": NetKind("transformer", None, None, _transformer),
 }

@@ -9,28 +9,54 @@ from pathlib import Path
 import torch
 
 from rediff._io import atomic_write, in_run, load_tensors
+from rediff.discrete import DiscreteModel, DiscreteProcess
 from rediff.model import DiffusionModel, NoisyClassifier
 from rediff.runs.config import (
-    SCHEDULE_PARAMETERS,
     Betas,
     Config,
     ScheduleKind,
     from_values,
     load_config,
     read_toml,
+    schedule_parameters,
     to_toml,
 )
 from rediff.runs.kinds import Dataset
 from rediff.runs.spec import DataSpec
 
-Model = DiffusionModel | NoisyClassifier
+Model = DiffusionModel | NoisyClassifier | DiscreteModel
 
 
-def build_model(config: Config, shape: tuple[int, ...]) -> Model:
-    """The model ``config`` describes for data of per-sample ``shape``: a DiffusionModel, or
+def discrete_process(config: Config, levels: int | None, ordinal: bool) -> DiscreteProcess:
+    """The discrete process of a d3pm config over data of ``levels`` values."""
+    if levels is None:
+        raise ValueError(
+            f"schedule.kind = {config.schedule.kind.value!r} needs quantised data (digits, "
+            "images, integer arrays, categories); these are continuous values: use a "
+            "continuous schedule.kind"
+        )
+    process = config.schedule.build(categories=levels)
+    if process.ordinal and not ordinal:
+        raise ValueError(
+            f"schedule.kind = {config.schedule.kind.value!r} moves between neighbouring "
+            "levels, but these categories are unordered tokens: use d3pm_uniform or "
+            "d3pm_absorbing (or set data.ordinal = true if the values are levels)"
+        )
+    return process
+
+
+def build_model(
+    config: Config, shape: tuple[int, ...], *, levels: int | None = None, ordinal: bool = True
+) -> Model:
+    """The model ``config`` describes for data of per-sample ``shape``: a DiffusionModel,
     with ``loss.kind = "classifier"`` a NoisyClassifier (the same ``model.net`` builds the
-    classifier of that size: an MLP, or the encoder half of the UNet preset)."""
+    classifier of that size: an MLP, or the encoder half of the UNet preset), or for a d3pm
+    schedule a DiscreteModel over the data's ``levels`` (``ordinal``: whether their order
+    means anything)."""
     m = config.model
+    if config.schedule.discrete:
+        process = discrete_process(config, levels, ordinal)
+        return DiscreteModel(m.net.discrete(m, tuple(shape), process), process)
     schedule = config.schedule.build()
     if config.classifier:
         net = m.net.classifier(m, tuple(shape))
@@ -90,7 +116,7 @@ def load_run(path: str | Path, weights: str = "ema", device: str | None = None) 
     run = _run_directory(path)
     spec = DataSpec.load(run)
     config = load_config(run / "config.toml")
-    model = build_model(config, spec.shape)
+    model = build_model(config, spec.shape, levels=spec.levels, ordinal=spec.ordinal)
     file = in_run(run, f"{weights}.safetensors")
     if not file.is_file():
         raise FileNotFoundError(
@@ -113,7 +139,7 @@ def upgrade(path: str | Path) -> DataSpec:
     kind = ScheduleKind.parse(schedule.get("kind", ScheduleKind.DISCRETE_VP), "schedule.kind")
     discrete = kind is ScheduleKind.DISCRETE_VP
     betas = Betas.parse(schedule.get("betas", Betas.LINEAR)) if discrete else None
-    own = SCHEDULE_PARAMETERS[kind, betas]
+    own = schedule_parameters(kind, betas)
     keep = {"kind", "betas", *own} if discrete else {"kind", *own}
     values["schedule"] = {k: v for k, v in schedule.items() if k in keep}
     config = from_values(values)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rediff import __version__
 from rediff._io import atomic_write, in_run
+from rediff._tensor import Tensor
 from rediff.runs.kinds import DataKind, Dataset
 
 #: the run directory format this rediff writes (1: before run.json existed)
@@ -18,16 +19,28 @@ FORMAT = 2
 @dataclass(frozen=True)
 class DataSpec:
     """The data of a run: its ``kind``, the ``shape`` of one sample, the number of ``levels``
-    of quantised data (None: continuous) and of label ``classes`` (0: unlabelled)."""
+    of quantised data (None: continuous), of label ``classes`` (0: unlabelled), whether the
+    data are ``integer`` categories rather than values, and whether their values are
+    ``ordinal``."""
 
     kind: DataKind
     shape: tuple[int, ...]
     levels: int | None
     classes: int
+    integer: bool = False
+    ordinal: bool = True
 
     @classmethod
     def of(cls, kind: DataKind, data: Dataset) -> DataSpec:
-        return cls(kind, tuple(data.x.shape[1:]), data.levels, data.classes)
+        shape = tuple(data.x.shape[1:])
+        return cls(kind, shape, data.levels, data.classes, data.integer, data.ordinal)
+
+    def values(self, categories: Tensor) -> Tensor:
+        """A discrete model's integer samples in the data's own form: integers as they are,
+        levels as their values 2 k / (levels - 1) - 1 in [-1, 1]."""
+        if self.integer:
+            return categories
+        return categories.float() * (2.0 / (self.levels - 1)) - 1.0
 
     def to_json(self) -> str:
         spec = {
@@ -35,6 +48,8 @@ class DataSpec:
             "shape": list(self.shape),
             "levels": self.levels,
             "classes": self.classes,
+            "integer": self.integer,
+            "ordinal": self.ordinal,
         }
         return json.dumps({"format": FORMAT, "rediff": __version__, "data": spec}, indent=1)
 
@@ -50,6 +65,8 @@ class DataSpec:
                 tuple(int(n) for n in spec["shape"]),
                 None if spec["levels"] is None else int(spec["levels"]),
                 int(spec["classes"]),
+                bool(spec.get("integer", False)),
+                bool(spec.get("ordinal", True)),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{where} is not a rediff run description ({error})") from None

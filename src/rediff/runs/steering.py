@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import torch
 
-from rediff import guidance, samplers
+from rediff import discrete, guidance, samplers
 from rediff._tensor import Tensor
+from rediff.discrete import DiscreteModel
 from rediff.model import Conditioned, Denoiser, NoisyClassifier
 from rediff.noise import SharedNoise
 from rediff.runs.run import Run
@@ -107,6 +108,9 @@ def draw(
         labels = torch.full((n,), int(label), device=device)
     else:
         labels = torch.arange(n, device=device) % classes if classes else None
+    if isinstance(run.model, DiscreteModel):
+        _continuous_only(guide, shared, limit)
+        return _draw_discrete(run, n, sampler, steps, generator, labels, progress)
     denoiser = steered(run, labels, guide)
     out = sample(
         limit(denoiser) if limit is not None else denoiser,
@@ -120,3 +124,33 @@ def draw(
         **sampler_options(run, sampler),
     )
     return Drawn(out.x, labels, out.nfe)
+
+
+def _continuous_only(guide: Guide, shared, limit) -> None:
+    """Refuse what only continuous models can do, for a discrete run."""
+    unsupported = {
+        "guidance (a scale other than 1, or a classifier)": guide.scale != 1.0 or guide.classifier,
+        "shared noise": shared is not None,
+        "x0 clipping or thresholding": limit is not None,
+    }
+    for what, asked in unsupported.items():
+        if asked:
+            raise ValueError(f"{what} is for continuous models; this run is a discrete process")
+
+
+def _draw_discrete(run, n, sampler, steps, generator, labels, progress) -> Drawn:
+    """``draw`` for a discrete model: its samplers, the samples in the data's own form
+    (levels as values in [-1, 1], tokens as integers)."""
+    cond = {"labels": labels} if run.classes else {}
+    device = next(run.model.parameters()).device
+    out = discrete.sample(
+        run.model,
+        (n, *run.spec.shape),
+        sampler=sampler,
+        steps=steps,
+        generator=generator,
+        device=device,
+        progress=progress,
+        **cond,
+    )
+    return Drawn(run.spec.values(out.x), labels, out.nfe)

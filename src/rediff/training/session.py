@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from rediff import data, losses, plots
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor
+from rediff.discrete import DiscreteModel, DiscreteObjective
 from rediff.model import NULL_LABEL
 from rediff.nets import accelerate
 from rediff.runs import Config, Dataset, DataSpec, Run, build_model, load_config, load_weights
@@ -67,10 +68,14 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def build_objective(config: Config, levels: int | None = None) -> losses.Objective:
-    """The training objective of ``config.loss`` (``levels``: the data's, for the bound's
-    decoder; 256 for continuous data)."""
+def build_objective(
+    config: Config, levels: int | None = None
+) -> losses.Objective | DiscreteObjective:
+    """The training objective of ``config.loss`` (``levels``: the data's, for DDPM's bound's
+    decoder; 256 for continuous data), or the discrete one for a d3pm process."""
     c = config.loss
+    if config.schedule.discrete:
+        return DiscreteObjective(c.kind, c.ce_weight)
     return losses.Objective(
         kind=c.kind,
         weighting=c.weighting,
@@ -81,6 +86,19 @@ def build_objective(config: Config, levels: int | None = None) -> losses.Objecti
         probes=c.probes,
         probe=c.probe,
     )
+
+
+def _training_data(config: Config, dataset: Dataset) -> Tensor:
+    """What the model trains on: integer categories for a discrete process (levels converted),
+    the values for a continuous one (integer categories refused)."""
+    if config.schedule.discrete:
+        return dataset.categories()
+    if dataset.integer:
+        raise ValueError(
+            f"data.kind = {config.data.kind.name!r} gives integer categories, which a "
+            "continuous schedule cannot model: use a discrete schedule.kind (d3pm_*)"
+        )
+    return dataset.x
 
 
 def check_data(config: Config, dataset: Dataset) -> None:
@@ -147,7 +165,8 @@ class Session:
         dataset = config.data.kind.load(config.data, config.seed)
         check_data(config, dataset)
         objective = build_objective(config, dataset.levels)
-        objective.check_data(dataset.x)
+        x = _training_data(config, dataset)
+        objective.check_data(x)
         world = join(device)
         if t.batch_size % (world.size * t.accumulate):
             raise ValueError(
@@ -156,7 +175,8 @@ class Session:
             )
         torch.manual_seed(config.seed)
         spec = DataSpec.of(config.data.kind, dataset)
-        model = build_model(config, spec.shape).to(device)
+        model = build_model(config, spec.shape, levels=spec.levels, ordinal=spec.ordinal)
+        model = model.to(device)
         objective.check_model(model)
         labels = dataset.labels.to(device) if config.model.num_classes else None
         session = cls(
@@ -164,7 +184,7 @@ class Session:
             config=config,
             spec=spec,
             world=world,
-            x=dataset.x.to(device),
+            x=x.to(device),
             labels=labels,
             objective=objective,
             model=model,
@@ -248,6 +268,11 @@ class Session:
 
     # ---- stepping ----------------------------------------------------------------------------
 
+    @property
+    def forward_process(self):
+        """The model's forward process: its Schedule, or its DiscreteProcess."""
+        return self.model.process if isinstance(self.model, DiscreteModel) else self.model.schedule
+
     def train_step(self) -> Tensor:
         """One optimizer step on the next global batch; returns this process's loss."""
         t = self.config.train
@@ -260,7 +285,7 @@ class Session:
             self.labels,
             self.config,
             self.objective,
-            self.model.schedule,
+            self.forward_process,
             self.generator,
             self.world,
         )

@@ -31,6 +31,8 @@ class DataConfig:
     image_size: int = 0  # images: resize to this square size (0: keep, all must match)
     channels: int = 3  # images: 3 (RGB) or 1 (greyscale)
     flip: bool = False  # images: random left-right flips
+    categories: int = 0  # categories: the number of values K (0: the data's largest + 1)
+    ordinal: bool = False  # categories: the values are ordered levels, not tokens
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", DataKind.parse(self.kind, "data.kind"))
@@ -39,13 +41,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Data [N, *D] in the model's space, labels [N] (or None) and the number of equally
-    spaced values per coordinate in [-1, 1] (``levels``: 17 for the digits, 256 for 8-bit
-    images; None for continuous data)."""
+    """Data [N, *D], labels [N] (or None), and the number of values per coordinate
+    (``levels``; None for continuous data). Quantised values are floats on ``levels``
+    equally spaced points of [-1, 1] (17 for the digits, 256 for 8-bit images), or integer
+    categories 0..levels-1 (token data); ``ordinal`` says whether their order means
+    anything (levels: yes; tokens: no)."""
 
     x: Tensor
     labels: Tensor | None = None
     levels: int | None = None
+    ordinal: bool = True
 
     def __post_init__(self) -> None:
         if self.x.ndim < 2 or self.x.shape[0] == 0:
@@ -62,6 +67,25 @@ class Dataset:
     def classes(self) -> int:
         """The number of classes the labels name (0: unlabelled)."""
         return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    @property
+    def integer(self) -> bool:
+        """Whether x holds integer categories (rather than values in the model's space)."""
+        return not self.x.is_floating_point()
+
+    def categories(self) -> Tensor:
+        """x as integer categories 0..levels-1 for a discrete model: integer data as they
+        are, levels on [-1, 1] by x -> round((x + 1) (levels - 1) / 2); continuous data are
+        refused."""
+        if self.integer:
+            return self.x.long()
+        if self.levels is None:
+            raise ValueError(
+                "a discrete process (schedule.kind = 'd3pm_*') needs quantised data (digits, "
+                "images, integer arrays, categories); these are continuous values: use a "
+                "continuous schedule.kind"
+            )
+        return torch.round((self.x.double() + 1.0) * (self.levels - 1) / 2.0).long()
 
 
 #: scores of samples [n, *D] (with their labels, or None) against a kind's data, seeded
