@@ -199,7 +199,7 @@ def test_adaptive_ode_reaches_the_exact_end_point():
 # ---- stochastic samplers: moments ------------------------------------------------------------
 
 STOCHASTIC = [
-    ("ddpm-beta", "ddpm-linear", samplers.ddpm, {}, (1000, "trailing")),
+    ("ddpm-beta", "ddpm-linear", samplers.ddpm, {}, (500, "trailing")),
     (
         "ddpm-beta-tilde",
         "ddpm-linear",
@@ -208,8 +208,8 @@ STOCHASTIC = [
         (1000, "trailing"),
     ),
     ("ddim-eta-0.5", "ddpm-linear", samplers.ddim, {"eta": 0.5}, (1000, "trailing")),
-    ("euler-maruyama-vp", "vp", samplers.euler_maruyama, {}, (1000, "uniform")),
-    ("euler-maruyama-ve", "ve", samplers.euler_maruyama, {}, (1000, "uniform")),
+    ("euler-maruyama-vp", "vp", samplers.euler_maruyama, {}, (500, "uniform")),
+    ("euler-maruyama-ve", "ve", samplers.euler_maruyama, {}, (500, "uniform")),
     ("pc-ve", "ve", samplers.predictor_corrector, {"snr": 0.16}, (300, "uniform")),
     (
         "pc-em-vp",
@@ -222,7 +222,7 @@ STOCHASTIC = [
         "annealed-langevin",
         "ve",
         samplers.annealed_langevin,
-        {"steps_per_level": 50},
+        {"steps_per_level": 25},
         (100, "logsnr"),
     ),
     ("dpm++2m-sde", "vp", samplers.dpm_solver_pp, {"order": 2, "sde": True}, (200, "logsnr")),
@@ -424,11 +424,11 @@ def test_analytic_ddpm_matches_gaussian_moments():
     ts = grids.make(sched, 1000, "trailing")
     gamma = estimate_gamma(
         den,
-        gaussian_data().sample(4000, generator=torch.Generator().manual_seed(4), dtype=F64),
+        gaussian_data().sample(2000, generator=torch.Generator().manual_seed(4), dtype=F64),
         ts,
         generator=torch.Generator().manual_seed(5),
     )
-    n = 20000
+    n = 10000
     gen = torch.Generator().manual_seed(6)
     x = samplers.ddpm(
         den,

@@ -4,10 +4,12 @@ from rediff import schedules, data
 sched = schedules.DiscreteVP.linear(1000, beta_start=1e-4, beta_end=0.02)
 den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
 model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
+process = rediff.discrete.DiscreteProcess.make("absorbing", categories=17)  # D3PM
 """
 
 from rediff import (
     data,
+    discrete,
     grids,
     guidance,
     metrics,
@@ -48,6 +50,7 @@ __all__ = [
     "data",
     "decode",
     "dequantized_nll",
+    "discrete",
     "encode",
     "grids",
     "guidance",

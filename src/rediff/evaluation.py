@@ -221,11 +221,13 @@ def _bound_row(run: Run, x: Tensor, vlb_steps: int | None, gen) -> NLLRow:
     NFE: the diffusion terms evaluated plus the decoder's."""
     num_steps = vlb_steps or None
     if isinstance(run.model, DiscreteModel):
-        bound = discrete.vlb(run.model, x, num_steps=num_steps, generator=gen)
+        bound = discrete.vlb(run.model, x, num_steps=num_steps, generator=gen, progress=True)
         total = run.model.process.num_steps
     else:
         levels = run.spec.levels
-        bound = variational.vlb(run.model, x, levels=levels, num_steps=num_steps, generator=gen)
+        bound = variational.vlb(
+            run.model, x, levels=levels, num_steps=num_steps, generator=gen, progress=True
+        )
         total = run.model.schedule.num_steps
     return _row("vlb", "bits/dim", bound.bits_per_dim, (num_steps or total - 1) + 1)
 

@@ -25,9 +25,11 @@ Terms are in nats per sample; ``bits_per_dim`` divides by d ln 2.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from rediff._choices import Choice
 from rediff._tensor import Tensor, check_finite, expand_to, randn, sum_except_batch
@@ -235,6 +237,43 @@ class Bound:
         return self.total / (self.dims * _LN2)
 
 
+def diffusion_terms(
+    term: Callable[[Tensor], Tensor],
+    batch: int,
+    T: int,
+    num_steps: int | None,
+    generator: torch.Generator | None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """sum_{k=2}^{T} L_{k-1} per sample from ``term(k)`` (the terms at steps k: [B] -> [B]),
+    under no_grad: exactly (``num_steps`` None: every k, one call each), or from
+    ``num_steps`` = m uniform draws of k per sample as (T - 1) times their mean, with its
+    standard error (m >= 2). Returns (sum [B], standard error [B], batch mean of each term
+    [T - 1] or None). One home for DDPM's and the discrete bounds."""
+    if num_steps is not None and num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2 for a standard error, got {num_steps}")
+    if num_steps is not None and T < 2:
+        raise ValueError("a process with T = 1 has no diffusion terms to subsample")
+    calls = T - 1 if num_steps is None else num_steps
+    with torch.no_grad(), tqdm(total=calls, desc="bound", disable=not progress) as bar:
+
+        def at(k: Tensor) -> Tensor:
+            bar.update(1)
+            return term(k)
+
+        if num_steps is None:
+            per_step = [at(torch.full((batch,), k)) for k in range(2, T + 1)]
+            if not per_step:
+                zeros = torch.zeros(batch, dtype=torch.float64)
+                return zeros, zeros, None
+            stacked = torch.stack(per_step)
+            return stacked.sum(0), torch.zeros_like(stacked[0]), stacked.mean(1)
+        draws = torch.stack(
+            [at(torch.randint(2, T + 1, (batch,), generator=generator)) for _ in range(num_steps)]
+        )
+    return (T - 1) * draws.mean(0), (T - 1) * draws.std(0) / math.sqrt(num_steps), None
+
+
 def vlb(
     denoiser: Denoiser,
     x0: Tensor,
@@ -243,36 +282,28 @@ def vlb(
     levels: int = 256,
     num_steps: int | None = None,
     generator: torch.Generator | None = None,
+    progress: bool = False,
     **cond,
 ) -> Bound:
     """The discrete variational bound of ``x0`` [B, *D] in [-1, 1].
 
     ``num_steps=None`` sums all T - 1 diffusion terms (T denoiser calls); an integer m draws
     m steps uniformly from 2..T per sample and reports (T - 1) times their mean with its
-    standard error (m >= 2).
+    standard error (m >= 2; see ``diffusion_terms``); ``progress`` shows a bar over the
+    denoiser calls.
     """
     schedule = discrete_schedule(denoiser)
-    T, B = schedule.num_steps, x0.shape[0]
 
     def noise() -> Tensor:
         return randn(x0.shape, generator, x0.dtype, x0.device)
 
-    def terms_at(k: Tensor) -> Tensor:
-        with torch.no_grad():
-            return kl_term(denoiser, x0, k, noise(), variance=variance, **cond)
+    def term(k: Tensor) -> Tensor:
+        return kl_term(denoiser, x0, k, noise(), variance=variance, **cond)
 
     with torch.no_grad():
         decoder = decoder_nll(denoiser, x0, noise(), variance=variance, levels=levels, **cond)
-    if num_steps is None:
-        per_step = torch.stack([terms_at(torch.full((B,), k)) for k in range(2, T + 1)])
-        diffusion, se, means = per_step.sum(0), torch.zeros_like(decoder), per_step.mean(1)
-    else:
-        if num_steps < 2:
-            raise ValueError(f"num_steps must be >= 2 for a standard error, got {num_steps}")
-        draws = torch.stack(
-            [terms_at(torch.randint(2, T + 1, (B,), generator=generator)) for _ in range(num_steps)]
-        )
-        diffusion = (T - 1) * draws.mean(0)
-        se, means = (T - 1) * draws.std(0) / math.sqrt(num_steps), None
+    diffusion, se, means = diffusion_terms(
+        term, x0.shape[0], schedule.num_steps, num_steps, generator, progress
+    )
     prior = schedule.prior_kl(x0).to(decoder.device)
     return Bound(prior, decoder, diffusion, se, means, x0[0].numel())

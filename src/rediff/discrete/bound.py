@@ -30,7 +30,7 @@ from rediff.discrete.denoiser import DiscreteDenoiser, DiscreteModel
 from rediff.discrete.process import DiscreteProcess, categorical, kl
 from rediff.discrete.reverse import posterior_probs, reverse_probs
 from rediff.losses import Loss
-from rediff.variational import Bound
+from rediff.variational import Bound, diffusion_terms
 
 _LN2 = math.log(2.0)
 
@@ -81,35 +81,25 @@ def vlb(
     *,
     num_steps: int | None = None,
     generator: torch.Generator | None = None,
+    progress: bool = False,
     **cond,
 ) -> Bound:
     """The bound of ``x0`` [B, *D] (integers in 0..K-1): ``num_steps=None`` sums all T - 1
     diffusion terms (one draw of x_t each, T denoiser calls with the decoder); an integer m
     draws m steps uniformly from 2..T per sample and reports (T - 1) times their mean with
-    its standard error (m >= 2). Every term is evaluated under no_grad."""
+    its standard error (m >= 2; ``variational.diffusion_terms``, shared with DDPM's bound).
+    Every term is evaluated under no_grad; ``progress`` shows a bar over the calls."""
     process = denoiser.process
     x0 = process.check_data(x0)
-    T, B = process.num_steps, x0.shape[0]
 
     def term(t: Tensor) -> Tensor:
-        with torch.no_grad():
-            return step_terms(denoiser, x0, t, process.sample(x0, t, generator), **cond)
+        return step_terms(denoiser, x0, t, process.sample(x0, t, generator), **cond)
 
-    decoder = term(torch.ones(B, dtype=torch.long))
-    if num_steps is None:
-        per_step = [term(torch.full((B,), k)) for k in range(2, T + 1)]
-        per_step = torch.stack(per_step) if per_step else decoder.new_zeros(0, B)
-        diffusion, se, means = per_step.sum(0), torch.zeros_like(decoder), per_step.mean(1)
-    else:
-        if num_steps < 2:
-            raise ValueError(f"num_steps must be >= 2 for a standard error, got {num_steps}")
-        if T < 2:
-            raise ValueError("a process with T = 1 has no diffusion terms to subsample")
-        draws = torch.stack(
-            [term(torch.randint(2, T + 1, (B,), generator=generator)) for _ in range(num_steps)]
-        )
-        diffusion = (T - 1) * draws.mean(0)
-        se, means = (T - 1) * draws.std(0) / math.sqrt(num_steps), None
+    with torch.no_grad():
+        decoder = term(torch.ones(x0.shape[0], dtype=torch.long))
+    diffusion, se, means = diffusion_terms(
+        term, x0.shape[0], process.num_steps, num_steps, generator, progress
+    )
     prior = process.prior_kl(x0).to(decoder.device)
     return Bound(prior, decoder, diffusion, se, means, x0[0].numel())
 
