@@ -239,7 +239,7 @@ class Bound:
 
 def diffusion_terms(
     term: Callable[[Tensor], Tensor],
-    batch: int,
+    like: Tensor,
     T: int,
     num_steps: int | None,
     generator: torch.Generator | None,
@@ -248,13 +248,14 @@ def diffusion_terms(
     """sum_{k=2}^{T} L_{k-1} per sample from ``term(k)`` (the terms at steps k: [B] -> [B]),
     under no_grad: exactly (``num_steps`` None: every k, one call each), or from
     ``num_steps`` = m uniform draws of k per sample as (T - 1) times their mean, with its
-    standard error (m >= 2). Returns (sum [B], standard error [B], batch mean of each term
-    [T - 1] or None). One home for DDPM's and the discrete bounds."""
+    standard error (m >= 2). ``like`` [B] (the decoder terms) gives the batch, dtype and
+    device of the zeros when T = 1. Returns (sum [B], standard error [B], batch mean of each
+    term [T - 1] or None). One home for DDPM's and the discrete bounds."""
     if num_steps is not None and num_steps < 2:
         raise ValueError(f"num_steps must be >= 2 for a standard error, got {num_steps}")
     if num_steps is not None and T < 2:
         raise ValueError("a process with T = 1 has no diffusion terms to subsample")
-    calls = T - 1 if num_steps is None else num_steps
+    batch, calls = like.shape[0], T - 1 if num_steps is None else num_steps
     with torch.no_grad(), tqdm(total=calls, desc="bound", disable=not progress) as bar:
 
         def at(k: Tensor) -> Tensor:
@@ -264,8 +265,7 @@ def diffusion_terms(
         if num_steps is None:
             per_step = [at(torch.full((batch,), k)) for k in range(2, T + 1)]
             if not per_step:
-                zeros = torch.zeros(batch, dtype=torch.float64)
-                return zeros, zeros, None
+                return torch.zeros_like(like), torch.zeros_like(like), None
             stacked = torch.stack(per_step)
             return stacked.sum(0), torch.zeros_like(stacked[0]), stacked.mean(1)
         draws = torch.stack(
@@ -303,7 +303,7 @@ def vlb(
     with torch.no_grad():
         decoder = decoder_nll(denoiser, x0, noise(), variance=variance, levels=levels, **cond)
     diffusion, se, means = diffusion_terms(
-        term, x0.shape[0], schedule.num_steps, num_steps, generator, progress
+        term, decoder, schedule.num_steps, num_steps, generator, progress
     )
     prior = schedule.prior_kl(x0).to(decoder.device)
     return Bound(prior, decoder, diffusion, se, means, x0[0].numel())

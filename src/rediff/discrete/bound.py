@@ -98,7 +98,7 @@ def vlb(
     with torch.no_grad():
         decoder = term(torch.ones(x0.shape[0], dtype=torch.long))
     diffusion, se, means = diffusion_terms(
-        term, x0.shape[0], process.num_steps, num_steps, generator, progress
+        term, decoder, process.num_steps, num_steps, generator, progress
     )
     prior = process.prior_kl(x0).to(decoder.device)
     return Bound(prior, decoder, diffusion, se, means, x0[0].numel())
