@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from rediff import schedules
+from rediff import discrete, schedules
+from rediff.discrete import CategoricalMixture, DiscreteProcess
 from rediff.parametrization import Target
 
 SCHEDULES = {
@@ -99,3 +101,44 @@ def gaussian_flow(x, schedule, t0: float, t1: float, mean=GAUSS_MEAN, cov=GAUSS_
     y = (x / float(schedule.alpha(t0)) - mean) @ U
     y = y * torch.sqrt((eigvals + s1**2) / (eigvals + s0**2))
     return float(schedule.alpha(t1)) * (y @ U.T + mean)
+
+
+# ---- categorical mixtures (discrete diffusion's exact oracle) ----------------------------------
+
+
+def mixture(dims: int, categories: int, components: int = 3, seed: int = 0) -> CategoricalMixture:
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(components, generator=g, dtype=torch.float64) + 0.2
+    probs = torch.rand(components, dims, categories, generator=g, dtype=torch.float64) ** 3 + 0.02
+    return CategoricalMixture(weights, probs)
+
+
+def total_variation(samples: torch.Tensor, mix: CategoricalMixture) -> tuple[float, float]:
+    """TV between the empirical and the exact distribution over {0..K-1}^D, and 4 standard
+    errors' worth of TV for n samples (sum over cells of 4 sd(p_hat) / 2)."""
+    support, n = mix.support(), samples.shape[0]
+    p = mix.log_prob(support).exp()
+    codes = (samples * (mix.categories ** torch.arange(mix.dims - 1, -1, -1))).sum(1)
+    counts = torch.bincount(codes, minlength=len(support)).double() / n
+    order = (support * (mix.categories ** torch.arange(mix.dims - 1, -1, -1))).sum(1)
+    tv = 0.5 * float((counts[order] - p).abs().sum())
+    return tv, 0.5 * float((4 * torch.sqrt(p * (1 - p) / n)).sum())
+
+
+def states(process: DiscreteProcess, dims: int) -> torch.Tensor:
+    """Every x in the process's states^dims: [S^dims, dims]."""
+    return torch.tensor(list(itertools.product(range(process.num_states), repeat=dims)))
+
+
+def exact_bound(den, x0: torch.Tensor, dims: int) -> float:
+    """The bound of one x0, with every expectation over x_t done by enumeration."""
+    process = den.process
+    total = float(process.prior_kl(x0[None]))
+    everything = states(process, dims)
+    for t in range(1, process.num_steps + 1):
+        q = process.marginal(x0[None], t)[0]  # [dims, S]
+        weight = torch.stack([q[i, everything[:, i]] for i in range(dims)]).prod(0)
+        ok = weight > 0
+        terms = discrete.step_terms(den, x0.expand(int(ok.sum()), dims), t, everything[ok])
+        total += float((weight[ok] * terms).sum())
+    return total

@@ -8,24 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import exact_bound, mixture, states, total_variation
 
 from rediff import discrete
-from rediff.discrete import CategoricalMixture, DiscreteProcess
+from rediff.discrete import DiscreteProcess
 
 KINDS = ["uniform", "absorbing", "gaussian", "banded"]
 SCHEDULES = ["linear", "cosine", "mutual_info"]
-
-
-def mixture(dims: int, categories: int, components: int = 3, seed: int = 0) -> CategoricalMixture:
-    g = torch.Generator().manual_seed(seed)
-    weights = torch.rand(components, generator=g, dtype=torch.float64) + 0.2
-    probs = torch.rand(components, dims, categories, generator=g, dtype=torch.float64) ** 3 + 0.02
-    return CategoricalMixture(weights, probs)
-
-
-def states(process: DiscreteProcess, dims: int) -> torch.Tensor:
-    """Every x in the process's states^dims: [S^dims, dims]."""
-    return torch.tensor(list(itertools.product(range(process.num_states), repeat=dims)))
 
 
 # ---- the forward process ---------------------------------------------------------------------
@@ -118,20 +107,6 @@ def test_the_oracle_denoiser_is_bayes_rule_over_the_whole_space(kind):
             torch.testing.assert_close(got[:, i], marginal, rtol=0, atol=1e-12)
 
 
-def exact_bound(den, x0: torch.Tensor, dims: int) -> float:
-    """The bound of one x0, with every expectation over x_t done by enumeration."""
-    process = den.process
-    total = float(process.prior_kl(x0[None]))
-    everything = states(process, dims)
-    for t in range(1, process.num_steps + 1):
-        q = process.marginal(x0[None], t)[0]  # [dims, S]
-        weight = torch.stack([q[i, everything[:, i]] for i in range(dims)]).prod(0)
-        ok = weight > 0
-        terms = discrete.step_terms(den, x0.expand(int(ok.sum()), dims), t, everything[ok])
-        total += float((weight[ok] * terms).sum())
-    return total
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_bound_of_the_exact_denoiser_in_one_dimension_is_closed_form(kind):
     """For one coordinate the x0-parameterised reverse step with the exact posterior is the
@@ -184,18 +159,6 @@ def test_the_monte_carlo_bound_is_unbiased_with_an_honest_error():
 
 
 # ---- samplers --------------------------------------------------------------------------------
-
-
-def total_variation(samples: torch.Tensor, mix: CategoricalMixture) -> tuple[float, float]:
-    """TV between the empirical and the exact distribution over {0..K-1}^D, and 4 standard
-    errors' worth of TV for n samples (sum over cells of 4 sd(p_hat) / 2)."""
-    support, n = mix.support(), samples.shape[0]
-    p = mix.log_prob(support).exp()
-    codes = (samples * (mix.categories ** torch.arange(mix.dims - 1, -1, -1))).sum(1)
-    counts = torch.bincount(codes, minlength=len(support)).double() / n
-    order = (support * (mix.categories ** torch.arange(mix.dims - 1, -1, -1))).sum(1)
-    tv = 0.5 * float((counts[order] - p).abs().sum())
-    return tv, 0.5 * float((4 * torch.sqrt(p * (1 - p) / n)).sum())
 
 
 @pytest.mark.parametrize("kind", KINDS)

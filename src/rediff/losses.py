@@ -239,11 +239,15 @@ class Loss(Choice):
     DISCRETE_VLB = "discrete_vlb"
     DISCRETE_CE = "discrete_ce"
     DISCRETE_HYBRID = "discrete_hybrid"
+    # masked diffusion in continuous time (rediff.discrete.masked.MaskedObjective: MDLM's ELBO)
+    MASKED = "masked"
+    # next-token cross-entropy of a causal model (rediff.discrete.autoregressive)
+    AUTOREGRESSIVE = "autoregressive"
 
     @property
     def discrete(self) -> bool:
-        """Whether this loss trains a discrete-state model."""
-        return self.value.startswith("discrete_")
+        """Whether this loss trains a model over categories."""
+        return self.value.startswith("discrete_") or self in (Loss.MASKED, Loss.AUTOREGRESSIVE)
 
 
 @dataclass(frozen=True)

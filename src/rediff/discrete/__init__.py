@@ -7,18 +7,26 @@ bound and losses, and samplers.
     den = mix.denoiser(process)                       # exact logits of p(x0 | x_t)
     x0 = discrete.sample(den, (n, D), steps=50).x     # ancestral sampling (skipping steps)
     bound = discrete.vlb(den, x0)                     # L_T + sum L_{t-1} + L_0
+
+    masked = MaskedProcess(categories=K, masking="cosine")     # MDLM / MD4, t in [0, 1]
+    bound = discrete.elbo(mix.denoiser(masked), x0, samples=16)  # the masked ELBO
 """
 
+from rediff.discrete.autoregressive import AutoregressiveModel, AutoregressiveObjective
 from rediff.discrete.bound import DiscreteObjective, cross_entropy, step_terms, vlb
-from rediff.discrete.denoiser import DiscreteDenoiser, DiscreteModel
+from rediff.discrete.denoiser import ClassifierFree, DiscreteDenoiser, DiscreteModel
+from rediff.discrete.masked import MaskedObjective, MaskedProcess, Masking, elbo
 from rediff.discrete.oracle import CategoricalMixture, MixtureDenoiser
 from rediff.discrete.process import BetaSchedule, DiscreteProcess, Kind, default_betas, make_betas
 from rediff.discrete.reverse import posterior_probs, reverse_probs
-from rediff.discrete.sampling import DiscreteSamples, Final, sample
+from rediff.discrete.sampling import DiscreteSamples, Final, nucleus, sample
 
 __all__ = [
+    "AutoregressiveModel",
+    "AutoregressiveObjective",
     "BetaSchedule",
     "CategoricalMixture",
+    "ClassifierFree",
     "DiscreteDenoiser",
     "DiscreteModel",
     "DiscreteObjective",
@@ -26,10 +34,15 @@ __all__ = [
     "DiscreteSamples",
     "Final",
     "Kind",
+    "MaskedObjective",
+    "MaskedProcess",
+    "Masking",
     "MixtureDenoiser",
     "cross_entropy",
     "default_betas",
+    "elbo",
     "make_betas",
+    "nucleus",
     "posterior_probs",
     "reverse_probs",
     "sample",

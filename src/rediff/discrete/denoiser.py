@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from rediff._tensor import Tensor
-from rediff.discrete.process import DiscreteProcess
+from rediff.discrete.process import PerCoordinate
+from rediff.model import NULL_LABEL
 
 
 class DiscreteDenoiser(ABC):
     """logits of p(x0 | x_t) = D(x_t, t, **cond); ``process`` is the forward process."""
 
-    process: DiscreteProcess
+    process: PerCoordinate
 
     @abstractmethod
     def __call__(self, x_t: Tensor, t: int | Tensor, **cond: Any) -> Tensor:
@@ -32,15 +33,20 @@ class DiscreteModel(nn.Module, DiscreteDenoiser):
     """Any network ``net(x_t, time, **cond) -> logits [B, *D, K]`` as a DiscreteDenoiser.
 
     The net receives x_t itself (integers in the process's states, [MASK] included) and
-    ``time`` = t / T in float32, the same time input continuous nets get (``TimeEmbedding``
+    ``time`` in [0, 1] as float32 (``process.time_input``: t / T for a DiscreteProcess, t
+    itself for a MaskedProcess), the same time input continuous nets get (``TimeEmbedding``
     with ``time_scale`` 1000); how it reads the states is the net's business (an image net
-    takes levels as values, a transformer embeds tokens: ``rediff.nets``).
+    takes levels as values, a transformer embeds tokens: ``rediff.nets``). For a process that
+    ``carries_over`` (masked diffusion; MDLM's SUBS parameterisation) the unmasked tokens are
+    copied: their logits are 0 at x_t and -inf elsewhere, whatever the net says.
     """
 
-    def __init__(self, net: nn.Module, process: DiscreteProcess) -> None:
+    def __init__(self, net: nn.Module, process: PerCoordinate) -> None:
         super().__init__()
-        if not isinstance(process, DiscreteProcess):
-            raise TypeError(f"process must be a DiscreteProcess, got {type(process).__name__}")
+        if not isinstance(process, PerCoordinate):
+            raise TypeError(
+                f"process must be a DiscreteProcess or MaskedProcess, got {type(process).__name__}"
+            )
         self.net, self.process = net, process
 
     def with_net(self, net: nn.Module) -> DiscreteModel:
@@ -48,7 +54,7 @@ class DiscreteModel(nn.Module, DiscreteDenoiser):
         return DiscreteModel(net, self.process)
 
     def forward(self, x_t: Tensor, t: int | Tensor, **cond: Any) -> Tensor:
-        B, T = x_t.shape[0], self.process.num_steps
+        B = x_t.shape[0]
         if (
             x_t.is_floating_point()
             or int(x_t.min()) < 0
@@ -57,12 +63,55 @@ class DiscreteModel(nn.Module, DiscreteDenoiser):
             raise ValueError(
                 f"x_t must hold the process's states 0..{self.process.num_states - 1} as integers"
             )
-        steps = torch.as_tensor(t, device=x_t.device)
-        steps = steps.expand(B) if steps.ndim == 0 else steps
-        logits = self.net(x_t.long(), steps.float() / T, **cond)
+        times = torch.as_tensor(t, device=x_t.device)
+        times = times.expand(B) if times.ndim == 0 else times
+        logits = self.net(x_t.long(), self.process.time_input(times), **cond)
         expected = (*x_t.shape, self.process.categories)
         if tuple(logits.shape) != expected:
             raise ValueError(
                 f"the net returned logits {list(logits.shape)}, expected {list(expected)}"
             )
-        return logits
+        return carry_over(logits, x_t, self.process) if self.process.carries_over else logits
+
+
+def carry_over(logits: Tensor, x_t: Tensor, process) -> Tensor:
+    """``logits`` [B, *D, K] with every unmasked position of x_t copied: 0 at its token and
+    -inf elsewhere (so p(x0_i | x_t) is the point mass at x_t,i)."""
+    unmasked = (x_t != process.mask)[..., None]
+    copied = torch.full_like(logits, -torch.inf)
+    index = x_t.long().clamp(max=process.categories - 1)[..., None]
+    copied = copied.scatter(-1, index, 0.0)
+    return torch.where(unmasked, copied, logits)
+
+
+class ClassifierFree(DiscreteDenoiser):
+    """Classifier-free guidance of a discrete denoiser trained with label dropout, on log
+    probabilities (Ho & Salimans 2022 with w + 1 -> scale; for discrete diffusion as in
+    Nisonoff et al. 2024 and Schiff et al. 2024):
+
+        log p_w(x0_i | x_t) = log p_u + scale (log p_c - log p_u) + const,
+
+    p_c = p(x0_i | x_t, labels), p_u = p(x0_i | x_t, NULL_LABEL), from one batched call;
+    the softmax of the result renormalises it. Scale 0 is the unconditional model, 1 the
+    conditional one (both exactly), > 1 sharpens towards the class."""
+
+    def __init__(self, denoiser: DiscreteDenoiser, labels: Tensor | int, scale: float) -> None:
+        self.denoiser, self.process = denoiser, denoiser.process
+        self.labels, self.scale = labels, float(scale)
+
+    def __call__(self, x_t: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
+        if cond:
+            raise ValueError(f"ClassifierFree binds the labels; got {sorted(cond)} too")
+        B = x_t.shape[0]
+        labels = torch.as_tensor(self.labels, device=x_t.device).long().expand(B)
+        times = torch.as_tensor(t, device=x_t.device)
+        times = times.expand(B) if times.ndim == 0 else times
+        both = self.denoiser(
+            torch.cat([x_t, x_t]),
+            torch.cat([times, times]),
+            labels=torch.cat([labels, torch.full_like(labels, NULL_LABEL)]),
+        )
+        conditional, unconditional = torch.log_softmax(both.to(torch.float64), dim=-1).chunk(2)
+        # where both are -inf (a carried-over token's other values) the result stays -inf
+        same = conditional == unconditional
+        return torch.where(same, conditional, torch.lerp(unconditional, conditional, self.scale))

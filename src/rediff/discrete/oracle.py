@@ -12,7 +12,11 @@ closed form (Qbar_t from the process):
     p(x0_i | x_t)     = sum_k r_k(x_t) p(x0_i | x_t, k)                        (the denoiser)
 
 ``MixtureDenoiser`` returns the log of the last line: the exact per-coordinate posterior
-that every discrete test checks models and samplers against.
+that every discrete test checks models and samplers against. For an absorbing process
+(D3PM's or masked diffusion) Qbar_t[a, x] is alpha_t at x = a and 1 - alpha_t at [MASK], and
+alpha_t cancels: the posterior is the mixture conditioned on the unmasked tokens, whatever
+t. It is computed at alpha = 1/2, so that it is also defined where q_t gives x_t no mass
+(known tokens at t = T, for infilling).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from rediff._tensor import Tensor
 from rediff.discrete.denoiser import DiscreteDenoiser
-from rediff.discrete.process import DiscreteProcess, categorical
+from rediff.discrete.process import PerCoordinate, absorbing_matrix, categorical
 
 
 class CategoricalMixture:
@@ -79,7 +83,7 @@ class CategoricalMixture:
         logs = self._component_log_likelihoods(x_t, rows) + torch.log(self.weights)
         return torch.logsumexp(logs, dim=1)
 
-    def denoiser(self, process: DiscreteProcess) -> MixtureDenoiser:
+    def denoiser(self, process: PerCoordinate) -> MixtureDenoiser:
         """The exact denoiser of this mixture under ``process``."""
         if process.categories != self.categories:
             raise ValueError(
@@ -97,16 +101,19 @@ class MixtureDenoiser(DiscreteDenoiser):
     """The exact p(x0_i | x_t) of a ``CategoricalMixture`` under a process, as logits
     [B, *D, K] (data of any shape [B, *D] with prod(D) = the mixture's D)."""
 
-    def __init__(self, mixture: CategoricalMixture, process: DiscreteProcess) -> None:
+    def __init__(self, mixture: CategoricalMixture, process: PerCoordinate) -> None:
         self.mixture, self.process = mixture, process
 
     def __repr__(self) -> str:
         return f"MixtureDenoiser({self.mixture!r}, {self.process!r})"
 
-    def __call__(self, x_t: Tensor, t: int | Tensor, **cond) -> Tensor:
+    def __call__(self, x_t: Tensor, t: float | Tensor, **cond) -> Tensor:
         B, K = x_t.shape[0], self.process.categories
         flat = x_t.reshape(B, -1).long().cpu()
-        steps = torch.as_tensor(t).long().cpu()
+        if self.process.mask is not None:  # alpha_t cancels (see the module docstring)
+            rows = absorbing_matrix(K, torch.tensor(0.5))
+            return torch.log(self._posterior(flat, rows)).reshape(*x_t.shape, K).to(x_t.device)
+        steps = torch.as_tensor(t).cpu()
         steps = steps.expand(B) if steps.ndim == 0 else steps
         out = torch.empty(B, flat.shape[1], K, dtype=torch.float64)
         for step in torch.unique(steps).tolist():  # one Qbar_t per distinct step

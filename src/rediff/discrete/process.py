@@ -85,8 +85,50 @@ def default_betas(kind: Kind | str) -> BetaSchedule:
     return defaults.get(Kind.parse(kind), BetaSchedule.LINEAR)
 
 
+class PerCoordinate:
+    """What every per-coordinate process offers from its ``cumulative(t)`` (Qbar_t, [S, S] or
+    [B, S, S]), ``prior()``, ``categories`` / ``num_states``, ``end`` (the last time) and
+    ``_batch_times(t, x0)`` (t checked, as one time per sample): the data check, the
+    marginal q(x_t | x0), draws from it and the prior's KL."""
+
+    categories: int
+    carries_over = False  # a model of it copies the unmasked tokens (MaskedProcess)
+
+    def check_data(self, x0: Tensor, what: str = "x0") -> Tensor:
+        """``x0`` if it holds integers in {0, ..., K-1}, else a ValueError saying so."""
+        if x0.is_floating_point() or x0.is_complex() or x0.dtype == torch.bool:
+            raise ValueError(
+                f"{what} must hold integer categories in {{0, ..., {self.categories - 1}}}, got "
+                f"{x0.dtype} values: a discrete model takes categories, not continuous data"
+            )
+        if x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= self.categories):
+            raise ValueError(
+                f"{what} holds categories in [{int(x0.min())}, {int(x0.max())}], outside "
+                f"{{0, ..., {self.categories - 1}}}"
+            )
+        return x0.long()
+
+    def marginal(self, x0: Tensor, t: int | Tensor) -> Tensor:
+        """q(x_t | x0) for x0: [B, *D] integers, t: int or [B]: probabilities [B, *D, S]."""
+        rows = self.cumulative(self._batch_times(t, x0)).to(x0.device)  # [B, S, S]
+        flat = x0.reshape(x0.shape[0], -1)
+        index = flat[..., None].expand(*flat.shape, self.num_states)
+        return rows.gather(1, index).reshape(*x0.shape, self.num_states)
+
+    def sample(
+        self, x0: Tensor, t: int | Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """x_t ~ q(x_t | x0), integers shaped like x0."""
+        return categorical(self.marginal(x0, t), generator)
+
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        """L_T = KL(q(x_T | x0) || prior), nats summed over dimensions: [B], float64."""
+        q = self.marginal(x0, self.end)
+        return kl(q, self.prior().to(q.device).expand_as(q)).reshape(x0.shape[0], -1).sum(1)
+
+
 @dataclass(frozen=True)
-class DiscreteProcess:
+class DiscreteProcess(PerCoordinate):
     """A per-coordinate D3PM forward process over ``categories`` = K data values with one-step
     rates ``betas`` (beta_1 .. beta_T) of a ``Kind`` (see the module docstring). Steps are
     integers t = 0 (data) .. T."""
@@ -216,39 +258,25 @@ class DiscreteProcess:
             return torch.nn.functional.one_hot(torch.tensor(self.mask), self.num_states).double()
         return torch.full((self.num_states,), 1.0 / self.categories, dtype=torch.float64)
 
-    # ---- distributions -----------------------------------------------------------------------
+    def _batch_times(self, t: int | Tensor, x0: Tensor) -> Tensor:
+        return _per_sample(t, x0, self.num_steps)
 
-    def check_data(self, x0: Tensor, what: str = "x0") -> Tensor:
-        """``x0`` if it holds integers in {0, ..., K-1}, else a ValueError saying so."""
-        if x0.is_floating_point() or x0.is_complex() or x0.dtype == torch.bool:
-            raise ValueError(
-                f"{what} must hold integer categories in {{0, ..., {self.categories - 1}}}, got "
-                f"{x0.dtype} values: a discrete model takes categories, not continuous data"
-            )
-        if x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= self.categories):
-            raise ValueError(
-                f"{what} holds categories in [{int(x0.min())}, {int(x0.max())}], outside "
-                f"{{0, ..., {self.categories - 1}}}"
-            )
-        return x0.long()
+    @property
+    def end(self) -> int:
+        """The last time, T."""
+        return self.num_steps
 
-    def marginal(self, x0: Tensor, t: int | Tensor) -> Tensor:
-        """q(x_t | x0) for x0: [B, *D] integers, t: int or [B]: probabilities [B, *D, S]."""
-        rows = self.cumulative(_per_sample(t, x0, self.num_steps)).to(x0.device)  # [B, S, S]
-        flat = x0.reshape(x0.shape[0], -1)
-        index = flat[..., None].expand(*flat.shape, self.num_states)
-        return rows.gather(1, index).reshape(*x0.shape, self.num_states)
+    def time_input(self, t: Tensor) -> Tensor:
+        """What a network is told of step t: t / T in float32."""
+        return t.float() / self.num_steps
 
-    def sample(
-        self, x0: Tensor, t: int | Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """x_t ~ q(x_t | x0), integers shaped like x0."""
-        return categorical(self.marginal(x0, t), generator)
-
-    def prior_kl(self, x0: Tensor) -> Tensor:
-        """L_T = KL(q(x_T | x0) || prior), nats summed over dimensions: [B], float64."""
-        q = self.marginal(x0, self.num_steps)
-        return kl(q, self.prior().to(q.device).expand_as(q)).reshape(x0.shape[0], -1).sum(1)
+    def grid(self, steps: int | None = None) -> list[int]:
+        """``steps`` + 1 integer times from T down to 0, evenly spaced (None: every step)."""
+        T = self.num_steps
+        steps = T if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+            raise ValueError(f"steps must be an integer in 1..T = {T}, got {steps!r}")
+        return [round(T * (steps - i) / steps) for i in range(steps + 1)]
 
 
 def _steps_of(t: int | Tensor, T: int) -> int | Tensor:
@@ -263,6 +291,20 @@ def _per_sample(t: int | Tensor, x0: Tensor, T: int) -> Tensor:
     """t as a long tensor [B] (an int is repeated for every sample)."""
     steps = torch.as_tensor(_steps_of(t, T))
     return steps.expand(x0.shape[0]) if steps.ndim == 0 else steps
+
+
+def absorbing_matrix(categories: int, keep: Tensor) -> Tensor:
+    """The absorbing chain's matrix that keeps a token with probability ``keep`` (a float or
+    [B]) and masks it otherwise: float64 [S, S] (or [B, S, S]), S = K + 1, [MASK] = K
+    absorbing."""
+    keep = torch.as_tensor(keep, dtype=torch.float64)
+    K = categories
+    out = torch.zeros(*keep.shape, K + 1, K + 1, dtype=torch.float64)
+    eye = torch.eye(K, dtype=torch.float64)
+    out[..., :K, :K] = keep[..., None, None] * eye
+    out[..., :K, K] = (1.0 - keep)[..., None]
+    out[..., K, K] = 1.0
+    return out
 
 
 def categorical(

@@ -8,11 +8,13 @@ For s < t and a distribution p(x0 | x_t) over the K data values of each coordina
 
 (Austin et al. 2021, eqs. 3-4: the mixture of posteriors. Values of x0 that cannot have
 produced x_t, Qbar_t[x0, x_t] = 0, are left out and the rest renormalised, so a predicted
-p(x0 | x_t) is always made consistent with x_t: an absorbing chain's unmasked tokens are
-copied.) With p(x0 | x_t) the exact posterior this is the exact reverse step of one
-coordinate; with a one-hot x0 it is the posterior q(x_s | x_t, x0) itself. At s = 0 it is
-p(x0 | x_t) restricted to the x0 consistent with x_t (the decoder). Computed in float64, one
-[B*D, K] x [K, S] product per call.
+p(x0 | x_t) is always made consistent with x_t. An absorbing chain's unmasked tokens are
+copied: what the formula gives wherever q_t reaches x_t, and the definition where it does
+not, such as tokens known in advance at t = T when infilling.) With p(x0 | x_t) the exact
+posterior this is the exact reverse step of one coordinate; with a one-hot x0 it is the
+posterior q(x_s | x_t, x0) itself. At s = 0 it is p(x0 | x_t) restricted to the x0
+consistent with x_t (the decoder). Computed in float64, one [B*D, K] x [K, S] product per
+call.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from __future__ import annotations
 import torch
 
 from rediff._tensor import Tensor
-from rediff.discrete.process import DiscreteProcess
+from rediff.discrete.process import PerCoordinate
 
 
-def _matrices(process: DiscreteProcess, s: int | Tensor, t: int | Tensor, batch: int):
-    """Q_{s->t}, Qbar_s and Qbar_t as [B, S, S]: for one pair of ints, or per sample for
-    tensors with s = t - 1 (the bound's terms)."""
-    if isinstance(s, int) and isinstance(t, int):
+def _matrices(process: PerCoordinate, s: float | Tensor, t: float | Tensor, batch: int):
+    """Q_{s->t}, Qbar_s and Qbar_t as [B, S, S]: for one pair of times (integer steps, or
+    a MaskedProcess's floats), or per sample for integer tensors with s = t - 1 (the D3PM
+    bound's terms)."""
+    if isinstance(s, (int, float)) and isinstance(t, (int, float)):  # one pair of times
         mats = (process.transition(s, t), process.cumulative(s), process.cumulative(t))
         return tuple(m.expand(batch, *m.shape) for m in mats)
     s, t = torch.as_tensor(s).long().cpu(), torch.as_tensor(t).long().cpu()
@@ -38,7 +41,7 @@ def _matrices(process: DiscreteProcess, s: int | Tensor, t: int | Tensor, batch:
 
 
 def reverse_probs(
-    process: DiscreteProcess, x_t: Tensor, x0_probs: Tensor, s: int | Tensor, t: int | Tensor
+    process: PerCoordinate, x_t: Tensor, x0_probs: Tensor, s: int | Tensor, t: int | Tensor
 ) -> Tensor:
     """p(x_s | x_t) (see the module docstring) for x_t: [B, *D] states, x0_probs: [B, *D, K]
     (rows summing to 1): float64 probabilities [B, *D, S]."""
@@ -51,6 +54,9 @@ def reverse_probs(
     reach = Bt[:, :K, :].gather(2, flat[:, None, :].expand(B, K, flat.shape[1])).transpose(1, 2)
     weights = torch.where(reach > 0, p0 / reach.clamp_min(1e-300), torch.zeros_like(p0))
     out = into * torch.bmm(weights, Bs[:, :K, :])
+    if process.mask is not None:  # an absorbing chain's unmasked token stays (module docstring)
+        kept = torch.nn.functional.one_hot(flat, S).to(out.dtype)
+        out = torch.where((flat != process.mask)[..., None], kept, out)
     total = out.sum(-1, keepdim=True)
     if bool((total <= 0).any()):
         raise ValueError("p(x0 | x_t) puts no mass on any x0 that could have produced x_t")
@@ -58,7 +64,7 @@ def reverse_probs(
 
 
 def posterior_probs(
-    process: DiscreteProcess, x_t: Tensor, x0: Tensor, s: int | Tensor, t: int | Tensor
+    process: PerCoordinate, x_t: Tensor, x0: Tensor, s: int | Tensor, t: int | Tensor
 ) -> Tensor:
     """q(x_s | x_t, x0) for integer x0 [B, *D]: float64 [B, *D, S] (Austin et al. 2021,
     eq. 3)."""
