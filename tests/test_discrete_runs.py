@@ -159,8 +159,8 @@ def test_token_sequences_train_a_transformer(tmp_path):
             ["schedule.kind='d3pm_uniform'", "loss.kind='discrete_vlb'", "model.net='transformer'"],
             "needs quantised data",
         ),
-        (["schedule.kind='d3pm_uniform'"], "does not train the discrete schedule.kind"),
-        (["loss.kind='discrete_vlb'"], "does not train the continuous schedule.kind"),
+        (["schedule.kind='d3pm_uniform'"], "does not train schedule.kind = 'd3pm"),
+        (["loss.kind='discrete_vlb'"], "does not train schedule.kind = 'discrete_vp'"),
         (
             ["schedule.kind='d3pm_uniform'", "loss.kind='discrete_ce'", "model.net='mlp'"],
             "model.net = 'mlp' has no discrete form",

@@ -22,7 +22,7 @@ from rediff import data, discrete, likelihood, variational
 from rediff._choices import Choice
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor, check_finite
-from rediff.discrete import DiscreteModel
+from rediff.discrete import AutoregressiveModel, DiscreteModel, MaskedProcess
 from rediff.metrics import Score
 from rediff.model import NoisyClassifier
 from rediff.runs import Dataset, Guide, Run, draw, load_run
@@ -30,10 +30,12 @@ from rediff.runs import Dataset, Guide, Run, draw, load_run
 
 class Method(Choice, noun="method"):
     """How ``rediff nll`` bounds the likelihood: the probability-flow ODE (exact up to the
-    solver; dequantised for quantised data) or DDPM's discrete variational bound."""
+    solver; dequantised for quantised data), the variational bound (DDPM's, a D3PM model's,
+    or masked diffusion's ELBO), or an autoregressive model's exact likelihood."""
 
     ODE = "ode"
     VLB = "vlb"
+    EXACT = "exact"
 
 
 class Split(Choice, noun="split"):
@@ -192,7 +194,7 @@ def _nll_data(run: Run, split: Split, data_path: str | Path | None) -> tuple[Ten
                 f"takes {list(spec.shape)}; resize the images or pick the matching run"
             )
         dataset, name = Dataset(x, levels=spec.levels, ordinal=spec.ordinal), str(data_path)
-    discrete_model = isinstance(run.model, DiscreteModel)
+    discrete_model = isinstance(run.model, (DiscreteModel, AutoregressiveModel))
     return (dataset.categories() if discrete_model else dataset.x), name
 
 
@@ -204,11 +206,18 @@ class NLL(NamedTuple):
 
 
 def _method(run: Run, method: Method | str | None) -> Method:
-    """The method asked for, or the run's own: the bound for a discrete model (which has no
-    probability-flow ODE), the ODE otherwise."""
+    """The method asked for, or the run's own: the exact likelihood of an autoregressive
+    model (its only one), the bound for a discrete model (which has no probability-flow
+    ODE), the ODE otherwise."""
+    if isinstance(run.model, AutoregressiveModel):
+        if method is not None and Method.parse(method) is not Method.EXACT:
+            raise ValueError("an autoregressive model's likelihood is exact: use --method exact")
+        return Method.EXACT
     discrete_model = isinstance(run.model, DiscreteModel)
     default = Method.VLB if discrete_model else Method.ODE
     method = default if method is None else Method.parse(method)
+    if method is Method.EXACT:
+        raise ValueError("--method exact is for autoregressive models; use vlb or ode")
     if discrete_model and method is Method.ODE:
         raise ValueError("a discrete model has no probability-flow ODE: use --method vlb")
     if method is Method.VLB and run.spec.levels is None:
@@ -219,7 +228,12 @@ def _method(run: Run, method: Method | str | None) -> Method:
 def _bound_row(run: Run, x: Tensor, vlb_steps: int | None, gen) -> NLLRow:
     """The discrete bound (DDPM's over the data's levels, or a D3PM model's) in bits/dim;
     NFE: the diffusion terms evaluated plus the decoder's."""
-    num_steps = vlb_steps or None
+    num_steps, unit = vlb_steps or None, _unit(run)
+    if isinstance(run.model, DiscreteModel) and isinstance(run.model.process, MaskedProcess):
+        if num_steps is None:
+            raise ValueError("the masked ELBO is a Monte Carlo estimate: --vlb-steps must be >= 2")
+        bound = discrete.elbo(run.model, x, samples=num_steps, generator=gen, progress=True)
+        return _row("elbo", unit, bound.bits_per_dim, num_steps)
     if isinstance(run.model, DiscreteModel):
         bound = discrete.vlb(run.model, x, num_steps=num_steps, generator=gen, progress=True)
         total = run.model.process.num_steps
@@ -229,7 +243,20 @@ def _bound_row(run: Run, x: Tensor, vlb_steps: int | None, gen) -> NLLRow:
             run.model, x, levels=levels, num_steps=num_steps, generator=gen, progress=True
         )
         total = run.model.schedule.num_steps
-    return _row("vlb", "bits/dim", bound.bits_per_dim, (num_steps or total - 1) + 1)
+    return _row("vlb", unit, bound.bits_per_dim, (num_steps or total - 1) + 1)
+
+
+def _unit(run: Run) -> str:
+    """Bits per character or byte of text, else per dimension."""
+    tokenizer = run.spec.tokenizer
+    return "bits/dim" if tokenizer is None else f"bits/{tokenizer.kind.value}"
+
+
+def _exact_row(run: Run, x: Tensor) -> NLLRow:
+    """An autoregressive model's exact -log2 p(x) per token (one evaluation per batch)."""
+    with torch.no_grad():
+        nats = torch.cat([-run.model.log_prob(part) for part in x.split(64)])
+    return _row("exact", _unit(run), nats / (x.shape[1] * math.log(2)), 1)
 
 
 def _ode_row(run: Run, x: Tensor, probes: int | None, rtol: float, gen) -> NLLRow:
@@ -273,7 +300,9 @@ def run_nll(
     x, data_name = _nll_data(run, split, data_path)
     x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: n or 512]]
     gen = torch.Generator().manual_seed(seed)
-    if method is Method.VLB:
+    if method is Method.EXACT:
+        row = _exact_row(run, x)
+    elif method is Method.VLB:
         row = _bound_row(run, x, vlb_steps, gen)
     else:
         row = _ode_row(run, x, probes, rtol, gen)

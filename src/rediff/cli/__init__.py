@@ -3,12 +3,13 @@
 rediff [--debug] demo [--out DIR] [--seed S] [--no-train]
 rediff [--debug] train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
 rediff [--debug] sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE] [--seed S]
+                      [--prefix TEXT] [--suffix TEXT] [--top-p P]
                       [--class K] [--guidance-scale W] [--classifier RUN_DIR]
                       [--share-noise-until K] [--groups G] [--clip-x0] [--dynamic-threshold P]
                       [--device auto|cpu|cuda] [--precision fp32|bf16] [--channels-last] [--compile]
 rediff [--debug] eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S]
                     [--guidance-scale W] [--classifier RUN_DIR]
-rediff [--debug] nll RUN_DIR [--method ode|vlb] [--split held_out|train] [--data PATH] [--n N]
+rediff [--debug] nll RUN_DIR [--method ode|vlb|exact] [--split held_out|train] [--data PATH] [--n N]
                    [--probes N] [--vlb-steps N] [--rtol R] [--seed S]
 rediff [--debug] upgrade RUN_DIR
 
@@ -133,9 +134,22 @@ def _add_sample(sub) -> None:
     )
     sample.add_argument(
         "--out",
-        default="samples.png",
-        help="a picture (.png, .jpg, .pdf, .svg) or arrays: .npz (samples, labels, settings) "
-        "or .npy (samples)",
+        help="a picture (.png, .jpg, .pdf, .svg; default samples.png), text for text runs "
+        "(.txt, default samples.txt, also printed) or arrays: .npz (samples, labels, "
+        "settings) or .npy (samples)",
+    )
+    sample.add_argument(
+        "--prefix", help="text runs: the text every sample starts with (infilling the rest)"
+    )
+    sample.add_argument(
+        "--suffix", help="text runs, masked diffusion: the text every sample ends with"
+    )
+    sample.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="models of tokens: nucleus sampling, keep the most probable tokens up to this "
+        "mass (1: off, 0: greedy)",
     )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument(
@@ -198,9 +212,10 @@ def _add_nll(sub) -> None:
     nll.add_argument("run_dir", help="a run directory written by rediff train")
     nll.add_argument(
         "--method",
-        choices=["ode", "vlb"],
-        help="the probability-flow ODE (default) or the discrete bound (the default, and the "
-        "only method, of a discrete model)",
+        choices=["ode", "vlb", "exact"],
+        help="the probability-flow ODE (default), the variational bound (the default, and the "
+        "only method, of a discrete or masked model: its ELBO) or the exact likelihood (an "
+        "autoregressive model's only method)",
     )
     nll.add_argument(
         "--split",
@@ -214,7 +229,10 @@ def _add_nll(sub) -> None:
         "--probes", type=int, help="Hutchinson probes; 0 = exact divergence (default for d <= 16)"
     )
     nll.add_argument(
-        "--vlb-steps", type=int, default=50, help="VLB steps sampled per point (0 = the full sum)"
+        "--vlb-steps",
+        type=int,
+        default=50,
+        help="VLB steps sampled per point (0 = the full sum); masked diffusion: time samples",
     )
     nll.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance (rtol = atol)")
     nll.add_argument("--seed", type=int, default=0)

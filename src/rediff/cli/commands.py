@@ -88,14 +88,18 @@ def _device(name: str) -> str:
 ARRAY_SUFFIXES = (".npz", ".npy")
 
 
-def _output(path: str, shape: tuple[int, ...]) -> Path:
-    """The --out path, checked before sampling: a picture of picturable samples or arrays;
-    its folder is created."""
+def _output(path: str | None, spec) -> Path:
+    """The --out path, checked before sampling: arrays, text for text runs, else a picture
+    of picturable samples (default: samples.png, or samples.txt for text); its folder is
+    created."""
     from rediff.plots import check_picture
 
-    out = Path(path)
-    if out.suffix.lower() not in ARRAY_SUFFIXES:
-        check_picture(shape, out)
+    out = Path(path if path is not None else f"samples{spec.kind.suffix}")
+    suffix = out.suffix.lower()
+    if spec.kind.suffix == ".txt" and suffix not in (".txt", *ARRAY_SUFFIXES):
+        raise ValueError(f"--out {out}: text samples are written to .txt (or .npz / .npy)")
+    if spec.kind.suffix != ".txt" and suffix not in ARRAY_SUFFIXES:
+        check_picture(spec.shape, out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'samples.png'}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +134,9 @@ def sample(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir, device=device)
     if isinstance(run.model, NoisyClassifier):
         raise ValueError(f"{args.run_dir} is a classifier; pass it as --classifier to a model run")
-    out = _output(args.out, run.spec.shape)
-    n = args.n if args.n is not None else (100 if len(run.spec.shape) == 3 else 2000)
+    out = _output(args.out, run.spec)
+    known = _known(args, run.spec)
+    n = args.n if args.n is not None else _default_n(run.spec)
     args.sampler = run.config.sample.sampler if args.sampler is None else args.sampler
     args.steps = run.config.sample.steps if args.steps is None else args.steps
     sampler_registry(run.config).get(args.sampler)
@@ -156,6 +161,8 @@ def sample(args: argparse.Namespace) -> int:
         label=args.class_label,
         shared=shared,
         limit=_limit(args),
+        top_p=args.top_p,
+        known=known,
         progress=True,
     )
     settings = {k: v for k, v in vars(args).items() if k != "func"}
@@ -171,8 +178,40 @@ def sample(args: argparse.Namespace) -> int:
         np.save(out, drawn.x.float().cpu().numpy())
     else:
         _picture(run, drawn, out, args, shared)
+    if out.suffix.lower() == ".txt":
+        print(out.read_text(encoding="utf-8"))
     print(f"wrote {n} samples ({drawn.nfe} evaluations) to {out}")
     return 0
+
+
+def _default_n(spec) -> int:
+    """Samples drawn when --n is not given: 8 texts, 100 images or 2000 points."""
+    if spec.tokenizer is not None:
+        return 8
+    return 100 if len(spec.shape) == 3 else 2000
+
+
+def _known(args: argparse.Namespace, spec):
+    """--prefix / --suffix as known tokens [L] (-1 where free), or None."""
+    import torch
+
+    if args.prefix is None and args.suffix is None:
+        return None
+    if spec.tokenizer is None:
+        raise ValueError("--prefix and --suffix are for text runs (data.kind = 'text')")
+    length = spec.shape[0]
+    prefix = spec.tokenizer.encode(args.prefix or "")
+    suffix = spec.tokenizer.encode(args.suffix or "")
+    if prefix.numel() + suffix.numel() > length:
+        raise ValueError(
+            f"--prefix and --suffix take {prefix.numel() + suffix.numel()} tokens, more than "
+            f"the run's sequences of {length}"
+        )
+    known = torch.full((length,), -1, dtype=torch.long)
+    known[: prefix.numel()] = prefix
+    if suffix.numel():
+        known[length - suffix.numel() :] = suffix
+    return known
 
 
 def _picture(run, drawn, out: Path, args: argparse.Namespace, shared) -> None:
@@ -191,6 +230,10 @@ def _picture(run, drawn, out: Path, args: argparse.Namespace, shared) -> None:
         caption += (
             f"; each row shares x_T and the noise of the first {args.share_noise_until} steps"
         )
+    if args.prefix or args.suffix:
+        caption += f"; given prefix {args.prefix or ''!r} and suffix {args.suffix or ''!r}"
+    if args.top_p < 1:
+        caption += f"; nucleus top_p = {args.top_p:g}"
     run.spec.kind.picture(
         drawn.x,
         out,
@@ -198,6 +241,7 @@ def _picture(run, drawn, out: Path, args: argparse.Namespace, shared) -> None:
         labels=None if shared else drawn.labels,
         caption=caption + ".",
         cols=cols,
+        tokenizer=run.spec.tokenizer,
     )
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from rediff._tensor import Tensor
 from rediff.discrete.masked import token_nll
-from rediff.discrete.process import categorical
+from rediff.discrete.process import categorical, check_categories
 from rediff.discrete.sampling import DiscreteSamples, check_top_p, nucleus
 from rediff.losses import Loss
 
@@ -42,16 +42,10 @@ class AutoregressiveModel(nn.Module):
         return AutoregressiveModel(net, self.categories)
 
     def check_data(self, x: Tensor) -> Tensor:
-        if x.is_floating_point() or x.ndim != 2:
-            raise ValueError(
-                f"an autoregressive model takes integer token sequences [B, L], got {x.dtype} "
-                f"{list(x.shape)}"
-            )
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.categories):
-            raise ValueError(
-                f"tokens must lie in 0..{self.categories - 1}, got [{int(x.min())}, {int(x.max())}]"
-            )
-        return x.long()
+        """``x`` as long if it holds token sequences [B, L] in 0..K-1, else a ValueError."""
+        if x.ndim != 2:
+            raise ValueError(f"an autoregressive model takes sequences [B, L], got {list(x.shape)}")
+        return check_categories(x, self.categories, "tokens")
 
     def forward(self, x: Tensor, **cond: Any) -> Tensor:
         """Logits [B, L, K] of each x_i given x_<i (the net reads BOS, x_1 .. x_{L-1})."""
@@ -104,6 +98,22 @@ class AutoregressiveModel(nn.Module):
                 "first ones (use a masked diffusion model for a suffix or other known tokens)"
             )
         return known
+
+
+#: the one way an autoregressive model samples (token by token), as a registry like the
+#: diffusion samplers'
+REGISTRY = {"autoregressive": AutoregressiveModel.sample}
+DEFAULT = "autoregressive"
+
+
+def get(name: str):
+    """The sampler called ``name`` (only ``autoregressive``), or a ValueError."""
+    if name not in REGISTRY:
+        raise ValueError(
+            f"an autoregressive model samples token by token: sampler 'autoregressive', not "
+            f"{name!r}"
+        )
+    return REGISTRY[name]
 
 
 @dataclass(frozen=True)

@@ -91,19 +91,17 @@ class ClassifierFree(DiscreteDenoiser):
 
         log p_w(x0_i | x_t) = log p_u + scale (log p_c - log p_u) + const,
 
-    p_c = p(x0_i | x_t, labels), p_u = p(x0_i | x_t, NULL_LABEL), from one batched call;
-    the softmax of the result renormalises it. Scale 0 is the unconditional model, 1 the
+    p_c = p(x0_i | x_t, labels), p_u = p(x0_i | x_t, NULL_LABEL), from one batched call
+    (``labels`` [B] given at each call, so a sampler may evaluate some samples only); the
+    softmax of the result renormalises it. Scale 0 is the unconditional model, 1 the
     conditional one (both exactly), > 1 sharpens towards the class."""
 
-    def __init__(self, denoiser: DiscreteDenoiser, labels: Tensor | int, scale: float) -> None:
-        self.denoiser, self.process = denoiser, denoiser.process
-        self.labels, self.scale = labels, float(scale)
+    def __init__(self, denoiser: DiscreteDenoiser, scale: float) -> None:
+        self.denoiser, self.process, self.scale = denoiser, denoiser.process, float(scale)
 
-    def __call__(self, x_t: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
-        if cond:
-            raise ValueError(f"ClassifierFree binds the labels; got {sorted(cond)} too")
+    def __call__(self, x_t: Tensor, t: float | Tensor, *, labels: Tensor) -> Tensor:
         B = x_t.shape[0]
-        labels = torch.as_tensor(self.labels, device=x_t.device).long().expand(B)
+        labels = torch.as_tensor(labels, device=x_t.device).long().expand(B)
         times = torch.as_tensor(t, device=x_t.device)
         times = times.expand(B) if times.ndim == 0 else times
         both = self.denoiser(

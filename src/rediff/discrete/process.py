@@ -96,17 +96,7 @@ class PerCoordinate:
 
     def check_data(self, x0: Tensor, what: str = "x0") -> Tensor:
         """``x0`` if it holds integers in {0, ..., K-1}, else a ValueError saying so."""
-        if x0.is_floating_point() or x0.is_complex() or x0.dtype == torch.bool:
-            raise ValueError(
-                f"{what} must hold integer categories in {{0, ..., {self.categories - 1}}}, got "
-                f"{x0.dtype} values: a discrete model takes categories, not continuous data"
-            )
-        if x0.numel() and (int(x0.min()) < 0 or int(x0.max()) >= self.categories):
-            raise ValueError(
-                f"{what} holds categories in [{int(x0.min())}, {int(x0.max())}], outside "
-                f"{{0, ..., {self.categories - 1}}}"
-            )
-        return x0.long()
+        return check_categories(x0, self.categories, what)
 
     def marginal(self, x0: Tensor, t: int | Tensor) -> Tensor:
         """q(x_t | x0) for x0: [B, *D] integers, t: int or [B]: probabilities [B, *D, S]."""
@@ -291,6 +281,21 @@ def _per_sample(t: int | Tensor, x0: Tensor, T: int) -> Tensor:
     """t as a long tensor [B] (an int is repeated for every sample)."""
     steps = torch.as_tensor(_steps_of(t, T))
     return steps.expand(x0.shape[0]) if steps.ndim == 0 else steps
+
+
+def check_categories(x: Tensor, categories: int, what: str = "x0") -> Tensor:
+    """``x`` as long if it holds integers in {0, ..., K-1}, else a ValueError saying so."""
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(
+            f"{what} must hold integer categories in {{0, ..., {categories - 1}}}, got "
+            f"{x.dtype} values: a discrete model takes categories, not continuous data"
+        )
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= categories):
+        raise ValueError(
+            f"{what} holds categories in [{int(x.min())}, {int(x.max())}], outside "
+            f"{{0, ..., {categories - 1}}}"
+        )
+    return x.long()
 
 
 def absorbing_matrix(categories: int, keep: Tensor) -> Tensor:

@@ -8,8 +8,9 @@ step's posterior is: for one coordinate, one step from T with the exact posterio
 The last step, to s = 0, returns the data values: a draw from p(x0 | x_t) (``final =
 "sample"``) or its most probable value (``"argmax"``).
 
-``cached`` (absorbing kind only) evaluates the denoiser again only when some coordinate
-changed since its last evaluation: the absorbing process's exact posterior p(x0 | x_t)
+``cached`` (absorbing kind only) evaluates the denoiser again only on the samples in which
+some coordinate changed since their last evaluation (conditioning tensors are indexed
+with them): the absorbing process's exact posterior p(x0 | x_t)
 depends on t only through which tokens are masked, so reusing it is exact for such
 denoisers (MDLM's caching; for a time-conditioned network it reuses the output of the last
 evaluated step). Both take ``generator=``, show a progress bar and count evaluations.
@@ -128,8 +129,13 @@ def cached(
         )
     p0, seen = None, None
     for t, s in itertools.pairwise(times):
-        if p0 is None or not torch.equal(x, seen):
+        if p0 is None:
             p0, seen = _x0_probs(denoiser, x, t, top_p, cond), x
+        changed = (x != seen).reshape(x.shape[0], -1).any(1).nonzero()[:, 0]
+        if len(changed):  # only the samples that changed since their last evaluation
+            part = {key: value[changed] for key, value in cond.items()}
+            p0 = p0.index_put((changed,), _x0_probs(denoiser, x[changed], t, top_p, part))
+            seen = x
         x = _step(process, x, p0, s, t, final, generator)
         if callback is not None:
             callback(t)
@@ -159,26 +165,30 @@ def _with_known(process: PerCoordinate, x: Tensor, known: Tensor) -> Tensor:
 
 #: sampler name -> function (``sample(..., sampler=name)``)
 REGISTRY: dict[str, Callable[..., Tensor]] = {"ancestral": ancestral, "cached": cached}
+DEFAULT = "ancestral"
 
 
 class _Counting(DiscreteDenoiser):
-    """Counts its calls (network evaluations)."""
+    """Counts its calls and the samples evaluated (network evaluations)."""
 
     def __init__(self, denoiser: DiscreteDenoiser) -> None:
-        self.denoiser, self.process, self.calls = denoiser, denoiser.process, 0
+        self.denoiser, self.process, self.calls, self.rows = denoiser, denoiser.process, 0, 0
 
     def __call__(self, x_t: Tensor, t, **cond) -> Tensor:
-        self.calls += 1
+        self.calls, self.rows = self.calls + 1, self.rows + x_t.shape[0]
         return self.denoiser(x_t, t, **cond)
 
 
 @dataclass(frozen=True)
 class DiscreteSamples:
-    """Integer samples ``x``, the number of denoiser evaluations ``nfe`` and the ``times``."""
+    """Integer samples ``x``, the number of denoiser calls ``nfe``, the ``times``, and the
+    network evaluations per sample (``per_sample``: below ``nfe`` where the cached sampler
+    evaluated only the samples that changed)."""
 
     x: Tensor
     nfe: int
     times: list[float] = field(default_factory=list)
+    per_sample: float = 0.0
 
 
 def get(name: str) -> Callable[..., Tensor]:
@@ -228,4 +238,4 @@ def sample(
             callback=lambda _: bar.update(1),
             **cond,
         )
-    return DiscreteSamples(x, counting.calls, times)
+    return DiscreteSamples(x, counting.calls, times, counting.rows / shape[0])

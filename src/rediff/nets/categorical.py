@@ -92,7 +92,9 @@ class Transformer(nn.Module):
     """net(x_t [B, L] states, time [B], labels=None) -> logits [B, L, K]: token (S states)
     and learned position embeddings plus the time (and class) embedding added to every
     position, ``depth`` pre-norm blocks, a linear read-out. Bidirectional by default; with
-    ``causal`` each position sees only itself and earlier ones (an autoregressive model)."""
+    ``causal`` each position sees only itself and earlier ones (an autoregressive model).
+    Without ``time_conditioning`` the net ignores the time (MDLM's default for masked
+    diffusion, whose exact denoiser does not depend on t: caching is then exact)."""
 
     def __init__(
         self,
@@ -106,11 +108,13 @@ class Transformer(nn.Module):
         time_scale: float = 1000.0,
         num_classes: int | None = None,
         causal: bool = False,
+        time_conditioning: bool = True,
     ):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be divisible by heads {heads}")
         self.categories, self.states, self.length, self.causal = categories, states, length, causal
+        self.time_conditioning = time_conditioning
         self.tokens = nn.Embedding(states, width)
         self.positions = nn.Parameter(torch.randn(length, width) * 0.02)
         self.embed = TimeEmbedding(width, width, time_scale, num_classes)
@@ -121,6 +125,8 @@ class Transformer(nn.Module):
         L = x_t.shape[1]
         if self.length < L:
             raise ValueError(f"the transformer takes sequences of length <= {self.length}, got {L}")
+        if not self.time_conditioning:  # the time embedding of t = 0: a learned constant
+            time = torch.zeros_like(time)
         h = self.tokens(x_t) + self.positions[:L] + self.embed(time, labels)[:, None]
         causal = None
         if self.causal:

@@ -47,16 +47,36 @@ class ScheduleKind(Choice, noun="schedule.kind"):
     D3PM_ABSORBING = "d3pm_absorbing"
     D3PM_GAUSSIAN = "d3pm_gaussian"
     D3PM_BANDED = "d3pm_banded"
+    # masked diffusion in continuous time (rediff.discrete.masked: MDLM / MD4)
+    MASKED = "masked"
+    # no forward process: the autoregressive baseline (loss.kind = "autoregressive")
+    NONE = "none"
 
     @property
     def discrete(self) -> bool:
-        """Whether the forward process is over categories (a DiscreteProcess)."""
+        """Whether the model is over categories (a D3PM or masked process, or none)."""
+        return self.d3pm or self in (ScheduleKind.MASKED, ScheduleKind.NONE)
+
+    @property
+    def d3pm(self) -> bool:
+        """Whether the forward process is a DiscreteProcess with integer steps."""
         return self.value.startswith("d3pm_")
 
     @property
     def stepped(self) -> bool:
         """Whether the process has integer steps and a beta schedule (``schedule.betas``)."""
-        return self.discrete or self is ScheduleKind.DISCRETE_VP
+        return self.d3pm or self is ScheduleKind.DISCRETE_VP
+
+    @property
+    def losses(self) -> tuple[Loss, ...]:
+        """The losses that train a model of this kind."""
+        if self.d3pm:
+            return (Loss.DISCRETE_VLB, Loss.DISCRETE_CE, Loss.DISCRETE_HYBRID)
+        if self is ScheduleKind.MASKED:
+            return (Loss.MASKED,)
+        if self is ScheduleKind.NONE:
+            return (Loss.AUTOREGRESSIVE,)
+        return tuple(k for k in Loss if not k.discrete)
 
 
 class Betas(Choice, noun="schedule.betas"):
@@ -68,8 +88,12 @@ class Betas(Choice, noun="schedule.betas"):
 def _constructor(kind: ScheduleKind, betas: Betas | None) -> Callable[..., Any]:
     """The constructor a schedule kind's parameters go to (their defaults are its own); a
     discrete process's takes the number of categories, which the data decide, too."""
-    if kind.discrete:
+    if kind.d3pm:
         return functools.partial(discrete.DiscreteProcess.make, kind.value[len("d3pm_") :])
+    if kind is ScheduleKind.MASKED:
+        return discrete.MaskedProcess
+    if kind is ScheduleKind.NONE:
+        return lambda categories: None
     if kind is ScheduleKind.DISCRETE_VP:
         return schedules.DiscreteVP.linear if betas is Betas.LINEAR else schedules.DiscreteVP.cosine
     return {
@@ -85,12 +109,16 @@ def schedule_parameters(kind: ScheduleKind, betas: Betas | None) -> tuple[str, .
     if kind.stepped:
         linear = ("beta_start", "beta_end") if betas is Betas.LINEAR else ()
         return ("T", *linear, *(("bands",) if kind is ScheduleKind.D3PM_BANDED else ()))
+    if kind is ScheduleKind.MASKED:
+        return ("masking", "exponent", "eps")
+    if kind is ScheduleKind.NONE:
+        return ()
     sigmas = kind in (ScheduleKind.VE, ScheduleKind.EDM)
     return ("sigma_min", "sigma_max") if sigmas else ("beta_min", "beta_max")
 
 
 def _default_betas(kind: ScheduleKind) -> Betas:
-    if kind.discrete:
+    if kind.d3pm:
         return Betas(discrete.default_betas(kind.value[len("d3pm_") :]).value)
     return Betas.LINEAR
 
@@ -99,8 +127,10 @@ def _default_betas(kind: ScheduleKind) -> Betas:
 class ScheduleConfig:
     """The ``[schedule]`` section. Parameters left out take the defaults of the process's own
     constructor (EDM: sigma 0.002 to 80; VE: 0.01 to 50; VP: beta 0.1 to 20; DDPM: T = 1000,
-    betas 1e-4 to 0.02; D3PM: T = 1000 and each kind's usual betas); a parameter of another
-    kind is an error. ``d3pm_*`` kinds are discrete processes over the data's categories."""
+    betas 1e-4 to 0.02; D3PM: T = 1000 and each kind's usual betas; masked: linear masking);
+    a parameter of another kind is an error. ``d3pm_*`` kinds are discrete processes over the
+    data's categories, ``masked`` is masked diffusion in continuous time, ``none`` the
+    autoregressive baseline's absence of a process."""
 
     kind: ScheduleKind = ScheduleKind.DISCRETE_VP
     betas: Betas | None = None  # discrete_vp: linear or cosine; d3pm_*: also mutual_info
@@ -112,6 +142,10 @@ class ScheduleConfig:
     sigma_min: float | None = None
     sigma_max: float | None = None
     bands: int | None = None  # d3pm_banded: how many neighbouring levels a step may reach
+    # masked: alpha(t) linear, cosine, polynomial (1 - t^exponent) or loglinear (alpha_1 = eps)
+    masking: discrete.Masking | None = None
+    exponent: float | None = None
+    eps: float | None = None
 
     def __post_init__(self) -> None:
         kind = ScheduleKind.parse(self.kind)
@@ -142,7 +176,9 @@ class ScheduleConfig:
     def discrete(self) -> bool:
         return self.kind.discrete
 
-    def build(self, categories: int | None = None) -> Schedule | discrete.DiscreteProcess:
+    def build(
+        self, categories: int | None = None
+    ) -> Schedule | discrete.DiscreteProcess | discrete.MaskedProcess | None:
         """The schedule these parameters describe (its constructor checks their values); a
         discrete process over ``categories`` values."""
         values = {name: getattr(self, name) for name in schedule_parameters(self.kind, self.betas)}
@@ -150,7 +186,9 @@ class ScheduleConfig:
             return _constructor(self.kind, self.betas)(**values)
         if categories is None:
             raise ValueError(f"schedule.kind = {self.kind.value!r} needs the data's categories")
-        return _constructor(self.kind, self.betas)(categories, betas=self.betas.value, **values)
+        if self.kind.d3pm:
+            values["betas"] = self.betas.value
+        return _constructor(self.kind, self.betas)(categories, **values)
 
 
 class _Typed:
@@ -240,6 +278,7 @@ RANGES = {
     "data.n": _AT_LEAST_ONE,
     "data.image_size": _NON_NEGATIVE,
     "data.channels": (lambda v: v in (1, 3), "1 or 3"),
+    "data.length": (lambda v: v >= 2, ">= 2"),
     "model.time_scale": _POSITIVE,
     "model.sigma_data": _POSITIVE,
     "model.width": _AT_LEAST_ONE,
@@ -283,15 +322,15 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.sample.sampler is None:  # each family's default
-            default = "ancestral" if self.schedule.discrete else "dpm++2m"
+            default = sampler_registry(self).DEFAULT
             object.__setattr__(self, "sample", dataclasses.replace(self.sample, sampler=default))
-        sampler_registry(self).get(self.sample.sampler)  # a name of the registry, or an error
         for key, (ok, text) in RANGES.items():
             section, name = key.split(".")
             value = getattr(getattr(self, section), name)
             if not (math.isfinite(value) and ok(value)):
                 raise ValueError(f"{key} must be {text}, got {value!r}")
         _check_combinations(self)
+        sampler_registry(self).get(self.sample.sampler)  # a name of the registry, or an error
 
     @property
     def classifier(self) -> bool:
@@ -300,32 +339,40 @@ class Config:
 
 
 def sampler_registry(config: Config):
-    """The samplers a run of ``config`` draws with: ``rediff.samplers`` or, for a discrete
-    process, ``rediff.discrete.sampling`` (each has ``get(name)``)."""
+    """The samplers a run of ``config`` draws with: ``rediff.samplers``, for a discrete or
+    masked process ``rediff.discrete.sampling``, for the autoregressive baseline
+    ``rediff.discrete.autoregressive`` (each has ``get(name)`` and a ``DEFAULT``)."""
+    if config.schedule.kind is ScheduleKind.NONE:
+        return discrete.autoregressive
     return discrete.sampling if config.schedule.discrete else samplers
+
+
+#: the NetKind field that builds each form of network a model over categories needs
+_FORMS = {"discrete": "discrete", "causal": "autoregressive"}
 
 
 def _check_discrete(config: Config) -> None:
     """A discrete process trains with a discrete loss and a net that has a discrete form."""
     schedule, loss = config.schedule, config.loss.kind
-    if schedule.discrete != loss.discrete:
-        family = "discrete" if schedule.discrete else "continuous"
-        valid = ", ".join(repr(k.value) for k in Loss if k.discrete == schedule.discrete)
+    if loss not in schedule.kind.losses:
+        valid = ", ".join(repr(k.value) for k in schedule.kind.losses)
         raise ValueError(
-            f"loss.kind = {loss.value!r} does not train the {family} schedule.kind = "
-            f"{schedule.kind.value!r}; use one of {valid}"
+            f"loss.kind = {loss.value!r} does not train schedule.kind = "
+            f"{schedule.kind.value!r}; use {valid}"
         )
-    if schedule.discrete and config.sample.steps > schedule.T:
+    if schedule.kind.d3pm and config.sample.steps > schedule.T:
         raise ValueError(
             f"sample.steps = {config.sample.steps} exceeds schedule.T = {schedule.T}: a "
             "discrete sampler takes at most one step per step of the process"
         )
     if schedule.discrete and config.model.learned_variance:
         raise ValueError("model.learned_variance is for DDPM's Gaussian steps, not a d3pm process")
-    if schedule.discrete and config.model.net.discrete is None:
+    form = "causal" if schedule.kind is ScheduleKind.NONE else "discrete"
+    if schedule.discrete and getattr(config.model.net, _FORMS[form]) is None:
+        nets = [n for n, k in NETS.items() if getattr(k, _FORMS[form]) is not None]
         raise ValueError(
-            f"model.net = {config.model.net.name!r} has no discrete form; use one of "
-            f"{', '.join(repr(n) for n, k in NETS.items() if k.discrete is not None)}"
+            f"model.net = {config.model.net.name!r} has no {form} form; use one of "
+            f"{', '.join(map(repr, nets))}"
         )
     if not schedule.discrete and config.model.net.denoiser is None:
         raise ValueError(

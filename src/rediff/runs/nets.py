@@ -23,13 +23,16 @@ class NetKind:
     """A registered network: ``denoiser(model_config, shape)`` builds the net of a
     DiffusionModel for data of per-sample ``shape``, ``classifier(model_config, shape)`` the
     net of a NoisyClassifier (logits over ``model.num_classes``), ``discrete(model_config,
-    shape, process)`` the net of a DiscreteModel (logits over the process's categories);
-    each refuses a shape it cannot take, and None marks a form the network does not have."""
+    shape, process)`` the net of a DiscreteModel (logits over the process's categories),
+    ``autoregressive(model_config, shape, categories)`` the causal net of an
+    AutoregressiveModel; each refuses a shape it cannot take, and None marks a form the
+    network does not have."""
 
     name: str
     denoiser: Callable[[ModelConfig, Shape], nn.Module] | None
     classifier: Callable[[ModelConfig, Shape], nn.Module] | None
     discrete: Callable[[ModelConfig, Shape, DiscreteProcess], nn.Module] | None = None
+    autoregressive: Callable[[ModelConfig, Shape, int], nn.Module] | None = None
 
     @classmethod
     def parse(cls, value: NetKind | str, what: str = "model.net") -> NetKind:
@@ -62,6 +65,7 @@ class ModelConfig:
     learned_variance: bool = False  # the net also outputs DDPM's reverse variance (hybrid loss)
     head: Head = Head.LOGITS  # discrete unet_*: K logits per pixel, or a discretised logistic
     heads: int = 4  # transformer: attention heads (its width and depth: model.width, depth)
+    time_conditioning: bool = True  # transformer: false ignores t (MDLM's masked diffusion)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net", NetKind.parse(self.net))
@@ -140,16 +144,18 @@ def _unet(name: str, denoiser, classifier) -> NetKind:
     )
 
 
-def _transformer(m: ModelConfig, shape: Shape, process: DiscreteProcess) -> nn.Module:
-    """A bidirectional transformer over sequences [L] of tokens."""
+def _sequence_transformer(
+    m: ModelConfig, shape: Shape, categories: int, states: int, causal: bool
+) -> nn.Module:
+    """A transformer over sequences [L] of tokens."""
     if len(shape) != 1:
         raise ValueError(
             f"model.net = 'transformer' takes token sequences [N, L], but the data are "
             f"{list(shape)} per sample; use a unet preset for images"
         )
     return Transformer(
-        process.categories,
-        process.num_states,
+        categories,
+        states,
         shape[0],
         width=m.width,
         depth=m.depth,
@@ -157,7 +163,19 @@ def _transformer(m: ModelConfig, shape: Shape, process: DiscreteProcess) -> nn.M
         dropout=m.dropout,
         time_scale=m.time_scale,
         num_classes=m.num_classes or None,
+        causal=causal,
+        time_conditioning=m.time_conditioning and not causal,
     )
+
+
+def _transformer(m: ModelConfig, shape: Shape, process: DiscreteProcess) -> nn.Module:
+    """The bidirectional transformer of a discrete or masked process ([MASK] embedded)."""
+    return _sequence_transformer(m, shape, process.categories, process.num_states, False)
+
+
+def _causal_transformer(m: ModelConfig, shape: Shape, categories: int) -> nn.Module:
+    """The causal transformer of the autoregressive baseline (BOS embedded as state K)."""
+    return _sequence_transformer(m, shape, categories, categories + 1, True)
 
 
 #: every registered network, by ``model.net``
@@ -165,5 +183,5 @@ NETS: dict[str, NetKind] = {
     "mlp": NetKind("mlp", _mlp, _mlp_classifier),
     "unet_digits": _unet("unet_digits", UNet.digits, NoiseClassifier.digits),
     "unet_cifar10": _unet("unet_cifar10", UNet.cifar10, NoiseClassifier.cifar10),
-    "transformer": NetKind("transformer", None, None, _transformer),
+    "transformer": NetKind("transformer", None, None, _transformer, _causal_transformer),
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from rediff._io import atomic_write, in_run, load_tensors
-from rediff.discrete import DiscreteModel, DiscreteProcess
+from rediff.discrete import AutoregressiveModel, DiscreteModel, DiscreteProcess, MaskedProcess
 from rediff.model import DiffusionModel, NoisyClassifier
 from rediff.runs.config import (
     Betas,
@@ -24,18 +24,25 @@ from rediff.runs.config import (
 from rediff.runs.kinds import Dataset
 from rediff.runs.spec import DataSpec
 
-Model = DiffusionModel | NoisyClassifier | DiscreteModel
+Model = DiffusionModel | NoisyClassifier | DiscreteModel | AutoregressiveModel
 
 
-def discrete_process(config: Config, levels: int | None, ordinal: bool) -> DiscreteProcess:
-    """The discrete process of a d3pm config over data of ``levels`` values."""
+def discrete_categories(config: Config, levels: int | None) -> int:
+    """The number of categories a discrete config models: the data's ``levels``."""
     if levels is None:
         raise ValueError(
             f"schedule.kind = {config.schedule.kind.value!r} needs quantised data (digits, "
-            "images, integer arrays, categories); these are continuous values: use a "
+            "images, integer arrays, categories, text); these are continuous values: use a "
             "continuous schedule.kind"
         )
-    process = config.schedule.build(categories=levels)
+    return levels
+
+
+def discrete_process(
+    config: Config, levels: int | None, ordinal: bool
+) -> DiscreteProcess | MaskedProcess:
+    """The discrete (d3pm) or masked process of a config over data of ``levels`` values."""
+    process = config.schedule.build(categories=discrete_categories(config, levels))
     if process.ordinal and not ordinal:
         raise ValueError(
             f"schedule.kind = {config.schedule.kind.value!r} moves between neighbouring "
@@ -50,10 +57,13 @@ def build_model(
 ) -> Model:
     """The model ``config`` describes for data of per-sample ``shape``: a DiffusionModel,
     with ``loss.kind = "classifier"`` a NoisyClassifier (the same ``model.net`` builds the
-    classifier of that size: an MLP, or the encoder half of the UNet preset), or for a d3pm
-    schedule a DiscreteModel over the data's ``levels`` (``ordinal``: whether their order
-    means anything)."""
+    classifier of that size: an MLP, or the encoder half of the UNet preset), for a d3pm or
+    masked schedule a DiscreteModel over the data's ``levels`` (``ordinal``: whether their
+    order means anything), for schedule.kind = "none" an AutoregressiveModel."""
     m = config.model
+    if config.schedule.kind is ScheduleKind.NONE:  # the config checked the net's causal form
+        net = m.net.autoregressive(m, tuple(shape), discrete_categories(config, levels))
+        return AutoregressiveModel(net, discrete_categories(config, levels))
     if config.schedule.discrete:
         process = discrete_process(config, levels, ordinal)
         return DiscreteModel(m.net.discrete(m, tuple(shape), process), process)
@@ -87,13 +97,16 @@ class Run:
 
     def data(self) -> Dataset:
         """The run's training data (read now: the data must be where the config says)."""
-        return self.spec.kind.load(self.config.data, self.config.seed)
+        loaded = self.spec.kind.load(self.config.data, self.config.seed)
+        return self.spec.check(loaded, "the training data")
 
     def held_out(self) -> Dataset:
-        """Data the model was not trained on where the kind has such a split (digits), else
-        the training data."""
+        """Data the model was not trained on where the kind has such a split (digits, text),
+        else the training data."""
         held_out = self.spec.kind.held_out
-        return held_out(self.config.data, self.config.seed) if held_out else self.data()
+        if held_out is None:
+            return self.data()
+        return self.spec.check(held_out(self.config.data, self.config.seed), "the held-out data")
 
     @property
     def classes(self) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from rediff import __version__
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor
+from rediff.data.text import Tokenizer
 from rediff.runs.kinds import DataKind, Dataset
 
 #: the run directory format this rediff writes (1: before run.json existed)
@@ -20,8 +21,8 @@ FORMAT = 2
 class DataSpec:
     """The data of a run: its ``kind``, the ``shape`` of one sample, the number of ``levels``
     of quantised data (None: continuous), of label ``classes`` (0: unlabelled), whether the
-    data are ``integer`` categories rather than values, and whether their values are
-    ``ordinal``."""
+    data are ``integer`` categories rather than values, whether their values are
+    ``ordinal``, and for text the ``tokenizer`` (its vocabulary is saved with the run)."""
 
     kind: DataKind
     shape: tuple[int, ...]
@@ -29,11 +30,23 @@ class DataSpec:
     classes: int
     integer: bool = False
     ordinal: bool = True
+    tokenizer: Tokenizer | None = None
 
     @classmethod
     def of(cls, kind: DataKind, data: Dataset) -> DataSpec:
         shape = tuple(data.x.shape[1:])
-        return cls(kind, shape, data.levels, data.classes, data.integer, data.ordinal)
+        return cls(
+            kind, shape, data.levels, data.classes, data.integer, data.ordinal, data.tokenizer
+        )
+
+    def check(self, data: Dataset, what: str) -> Dataset:
+        """``data`` if it is tokenised as the run's data were, else a ValueError."""
+        if data.tokenizer != self.tokenizer:
+            raise ValueError(
+                f"{what} are tokenised differently from the run's data ({data.tokenizer} now, "
+                f"{self.tokenizer} in the run): the text changed since training"
+            )
+        return data
 
     def values(self, categories: Tensor) -> Tensor:
         """A discrete model's integer samples in the data's own form: integers as they are,
@@ -51,7 +64,10 @@ class DataSpec:
             "integer": self.integer,
             "ordinal": self.ordinal,
         }
-        return json.dumps({"format": FORMAT, "rediff": __version__, "data": spec}, indent=1)
+        if self.tokenizer is not None:
+            spec["tokenizer"] = self.tokenizer.to_json()
+        values = {"format": FORMAT, "rediff": __version__, "data": spec}
+        return json.dumps(values, indent=1, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str, where: Path) -> DataSpec:
@@ -67,13 +83,15 @@ class DataSpec:
                 int(spec["classes"]),
                 bool(spec.get("integer", False)),
                 bool(spec.get("ordinal", True)),
+                Tokenizer.from_json(spec["tokenizer"]) if "tokenizer" in spec else None,
             )
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{where} is not a rediff run description ({error})") from None
 
     def save(self, run: Path) -> Path:
         path = in_run(run, "run.json")
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(self.to_json() + "\n"))
+        text = self.to_json() + "\n"
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, run: Path) -> DataSpec:
@@ -83,4 +101,4 @@ class DataSpec:
                 f"{run} was written by an older rediff (it has no run.json): convert it once "
                 f"with `rediff upgrade {run}` (it reads the run's data to record their shape)"
             )
-        return cls.from_json(path.read_text(), path)
+        return cls.from_json(path.read_text(encoding="utf-8"), path)

@@ -12,7 +12,7 @@ import torch
 
 from rediff import discrete, guidance, samplers
 from rediff._tensor import Tensor
-from rediff.discrete import DiscreteModel
+from rediff.discrete import AutoregressiveModel, DiscreteModel
 from rediff.model import Conditioned, Denoiser, NoisyClassifier
 from rediff.noise import SharedNoise
 from rediff.runs.run import Run
@@ -93,13 +93,16 @@ def draw(
     label: int | None = None,
     shared: SharedNoise | None = None,
     limit: Callable[[Denoiser], Denoiser] | None = None,
+    top_p: float = 1.0,
+    known: Tensor | None = None,
     progress: bool = False,
 ) -> Drawn:
     """n samples from ``run``'s model (on its device). A conditional (or classifier-guided)
     model draws class ``label`` for every sample, or without one the classes 0, 1, ... in
     turn (never the null label, which a model trained without label dropout never saw);
     ``guide`` steers, ``shared`` shares noise within groups, ``limit`` wraps the denoiser
-    (``rediff.thresholding``)."""
+    (``rediff.thresholding``). Models over categories: ``top_p`` (nucleus; 0 greedy) and
+    ``known`` tokens to keep (-1 where free: infilling, or an autoregressive prefix)."""
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     device = next(run.model.parameters()).device
@@ -108,9 +111,12 @@ def draw(
         labels = torch.full((n,), int(label), device=device)
     else:
         labels = torch.arange(n, device=device) % classes if classes else None
-    if isinstance(run.model, DiscreteModel):
+    if isinstance(run.model, (DiscreteModel, AutoregressiveModel)):
         _continuous_only(guide, shared, limit)
-        return _draw_discrete(run, n, sampler, steps, generator, labels, progress)
+        options = {"top_p": top_p, "known": known, "progress": progress}
+        return _draw_discrete(run, n, sampler, steps, generator, labels, guide, options)
+    if top_p != 1.0 or known is not None:
+        raise ValueError("top_p and known tokens are for models of tokens (discrete runs)")
     denoiser = steered(run, labels, guide)
     out = sample(
         limit(denoiser) if limit is not None else denoiser,
@@ -129,7 +135,7 @@ def draw(
 def _continuous_only(guide: Guide, shared, limit) -> None:
     """Refuse what only continuous models can do, for a discrete run."""
     unsupported = {
-        "guidance (a scale other than 1, or a classifier)": guide.scale != 1.0 or guide.classifier,
+        "classifier guidance (--classifier)": guide.classifier is not None,
         "shared noise": shared is not None,
         "x0 clipping or thresholding": limit is not None,
     }
@@ -138,19 +144,34 @@ def _continuous_only(guide: Guide, shared, limit) -> None:
             raise ValueError(f"{what} is for continuous models; this run is a discrete process")
 
 
-def _draw_discrete(run, n, sampler, steps, generator, labels, progress) -> Drawn:
-    """``draw`` for a discrete model: its samplers, the samples in the data's own form
-    (levels as values in [-1, 1], tokens as integers)."""
-    cond = {"labels": labels} if run.classes else {}
+def _draw_discrete(run, n, sampler, steps, generator, labels, guide, options) -> Drawn:
+    """``draw`` for a model over categories: its samplers (classifier-free guidance of a
+    model trained with label dropout), the samples in the data's own form (levels as values
+    in [-1, 1], tokens as integers)."""
     device = next(run.model.parameters()).device
+    shape = (n, *run.spec.shape)
+    guided = guidance.check_scale(guide.scale) != 1.0
+    if guided and (labels is None or not run.config.train.label_dropout):
+        raise ValueError(
+            "classifier-free guidance (a scale other than 1) needs a class-conditional model "
+            "trained with label dropout (train.label_dropout > 0)"
+        )
+    if isinstance(run.model, AutoregressiveModel):
+        if guided:
+            raise ValueError("classifier-free guidance of an autoregressive model is not built")
+        cond = {"labels": labels} if run.classes else {}
+        out = run.model.sample(shape, generator=generator, device=device, **options, **cond)
+        return Drawn(out.x, labels, out.nfe)
+    cond = {"labels": labels} if run.classes else {}
+    model = discrete.ClassifierFree(run.model, guide.scale) if guided else run.model
     out = discrete.sample(
-        run.model,
-        (n, *run.spec.shape),
+        model,
+        shape,
         sampler=sampler,
         steps=steps,
         generator=generator,
         device=device,
-        progress=progress,
+        **options,
         **cond,
     )
     return Drawn(run.spec.values(out.x), labels, out.nfe)

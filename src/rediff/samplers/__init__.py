@@ -47,6 +47,9 @@ class Entry:
     learned_variance: bool = False
 
 
+#: what a run samples with unless told (ODE samplers of few steps)
+DEFAULT = "dpm++2m"
+
 REGISTRY: dict[str, Entry] = {
     "ddpm": Entry(ddpm, learned_variance=True),
     "ddim": Entry(ddim),

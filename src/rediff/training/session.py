@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 from rediff import data, losses, plots
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor
-from rediff.discrete import DiscreteModel, DiscreteObjective
+from rediff.discrete import (
+    AutoregressiveModel,
+    AutoregressiveObjective,
+    DiscreteModel,
+    DiscreteObjective,
+    MaskedObjective,
+)
 from rediff.model import NULL_LABEL
 from rediff.nets import accelerate
 from rediff.runs import Config, Dataset, DataSpec, Run, build_model, load_config, load_weights
@@ -74,6 +80,10 @@ def build_objective(
     """The training objective of ``config.loss`` (``levels``: the data's, for DDPM's bound's
     decoder; 256 for continuous data), or the discrete one for a d3pm process."""
     c = config.loss
+    if c.kind is losses.Loss.MASKED:
+        return MaskedObjective()
+    if c.kind is losses.Loss.AUTOREGRESSIVE:
+        return AutoregressiveObjective()
     if config.schedule.discrete:
         return DiscreteObjective(c.kind, c.ce_weight)
     return losses.Objective(
@@ -106,7 +116,8 @@ def check_data(config: Config, dataset: Dataset) -> None:
     x, labels, classes = dataset.x, dataset.labels, config.model.num_classes
     if config.data.flip and x.ndim != 4:
         raise ValueError(f"data.flip needs images [N, C, H, W]; the data are {list(x.shape)}")
-    if config.train.sample_every and not plots.can_picture(tuple(x.shape[1:])):
+    pictured = config.data.kind.suffix == ".png"
+    if config.train.sample_every and pictured and not plots.can_picture(tuple(x.shape[1:])):
         raise ValueError(
             f"train.sample_every draws pictures, but the data are {list(x.shape[1:])} per "
             "sample (neither 2-D points nor images): set train.sample_every = 0"
@@ -270,8 +281,10 @@ class Session:
 
     @property
     def forward_process(self):
-        """The model's forward process: its Schedule, or its DiscreteProcess."""
-        return self.model.process if isinstance(self.model, DiscreteModel) else self.model.schedule
+        """The model's forward process: its Schedule, its discrete or masked process, or
+        None (autoregressive)."""
+        discrete_model = isinstance(self.model, (DiscreteModel, AutoregressiveModel))
+        return self.model.process if discrete_model else self.model.schedule
 
     def train_step(self) -> Tensor:
         """One optimizer step on the next global batch; returns this process's loss."""
@@ -322,7 +335,8 @@ class Session:
 
     @torch.no_grad()
     def sample_grid(self) -> None:
-        """Samples from the EMA model at this step (fixed seed), samples/step_XXXXXXX.png."""
+        """Samples from the EMA model at this step (fixed seed), samples/step_XXXXXXX.png
+        (.txt for text)."""
         t, s = self.config.train, self.config.sample
         if not (self.world.writes and t.sample_every and self.step % t.sample_every == 0):
             return
@@ -331,7 +345,7 @@ class Session:
         generator = torch.Generator().manual_seed(self.config.seed)
         drawn = draw(run, n, sampler=s.sampler, steps=s.steps, generator=generator)
         in_run(self.run, "samples").mkdir(exist_ok=True)
-        path = in_run(self.run, "samples", f"step_{self.step:07d}.png")
+        path = in_run(self.run, "samples", f"step_{self.step:07d}{self.spec.kind.suffix}")
         caption = (
             f"{n} samples of the EMA model after {self.step} training steps, drawn by "
             f"{s.sampler} with {drawn.nfe} evaluations from the same seed at every step"
@@ -341,7 +355,12 @@ class Session:
         atomic_write(
             path,
             lambda tmp: picture(
-                drawn.x, Path(tmp), title=title, labels=drawn.labels, caption=caption
+                drawn.x,
+                Path(tmp),
+                title=title,
+                labels=drawn.labels,
+                caption=caption,
+                tokenizer=self.spec.tokenizer,
             ),
         )
 

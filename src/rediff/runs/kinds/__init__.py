@@ -1,5 +1,6 @@
 """The registered data kinds (``DataKind``): every module of this package registers one
-(``toy``, ``digits``, ``images``, ``array``); see ``base`` for what an entry holds."""
+(``toy``, ``digits``, ``images``, ``array``, ``categories``, ``text``); see ``base`` for what
+an entry holds."""
 
 import importlib
 import pkgutil

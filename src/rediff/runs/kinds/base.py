@@ -17,6 +17,7 @@ import torch
 
 from rediff import metrics, plots
 from rediff._tensor import Tensor, check_finite
+from rediff.data.text import Tokenizer, TokenizerKind
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,12 @@ class DataConfig:
     flip: bool = False  # images: random left-right flips
     categories: int = 0  # categories: the number of values K (0: the data's largest + 1)
     ordinal: bool = False  # categories: the values are ordered levels, not tokens
+    length: int = 128  # text: tokens per sequence
+    tokenizer: TokenizerKind = TokenizerKind.CHAR  # text: char (the corpus's characters) or byte
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", DataKind.parse(self.kind, "data.kind"))
+        object.__setattr__(self, "tokenizer", TokenizerKind.parse(self.tokenizer))
         self.kind.check(self)
 
 
@@ -45,12 +49,13 @@ class Dataset:
     (``levels``; None for continuous data). Quantised values are floats on ``levels``
     equally spaced points of [-1, 1] (17 for the digits, 256 for 8-bit images), or integer
     categories 0..levels-1 (token data); ``ordinal`` says whether their order means
-    anything (levels: yes; tokens: no)."""
+    anything (levels: yes; tokens: no). Text carries its ``tokenizer``."""
 
     x: Tensor
     labels: Tensor | None = None
     levels: int | None = None
     ordinal: bool = True
+    tokenizer: Tokenizer | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim < 2 or self.x.shape[0] == 0:
@@ -100,6 +105,7 @@ def _picture(
     labels: Tensor | None = None,
     caption: str = "",
     cols: int | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> None:
     plots.save_samples(samples, path, title, cols=cols, labels=labels, caption=caption)
 
@@ -115,10 +121,12 @@ class DataKind:
         held_out: data the model was not trained on (digits' held-out split), if the kind
             has such a split: ``rediff nll`` scores it by default.
         score: measures of sample quality against the data (``rediff eval``), if any.
-        picture: ``picture(samples, path, title=, labels=, caption=, cols=)`` writes samples
-            [n, *D] as a captioned picture (default: ``plots.save_samples``, 2-D points as
-            a scatter plot, images as a grid of ``cols`` columns); ``plots.can_picture``
-            says which shapes.
+        picture: ``picture(samples, path, title=, labels=, caption=, cols=, tokenizer=)``
+            writes samples [n, *D] as a captioned picture (default: ``plots.save_samples``,
+            2-D points as a scatter plot, images as a grid of ``cols`` columns;
+            ``plots.can_picture`` says which shapes), or as text.
+        suffix: the file type ``picture`` writes (training's samples/step_*, the default
+            ``rediff sample --out``).
         default_n: how many samples ``rediff eval`` scores by default, given the data.
     """
 
@@ -128,6 +136,7 @@ class DataKind:
     held_out: Callable[[DataConfig, int], Dataset] | None = None
     score: Scorer | None = None
     picture: Callable[..., None] = _picture
+    suffix: str = ".png"
     default_n: Callable[[Dataset], int] = lambda data: min(data.x.shape[0] // 2, 5000)
     doc: str = field(default="", compare=False)
 
