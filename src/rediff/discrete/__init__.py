@@ -15,7 +15,7 @@ bound and losses, and samplers.
 from rediff.discrete.autoregressive import AutoregressiveModel, AutoregressiveObjective
 from rediff.discrete.bound import DiscreteObjective, cross_entropy, step_terms, vlb
 from rediff.discrete.denoiser import ClassifierFree, DiscreteDenoiser, DiscreteModel
-from rediff.discrete.masked import MaskedObjective, MaskedProcess, Masking, elbo
+from rediff.discrete.masked import MaskDraws, MaskedObjective, MaskedProcess, Masking, elbo
 from rediff.discrete.oracle import CategoricalMixture, MixtureDenoiser
 from rediff.discrete.process import BetaSchedule, DiscreteProcess, Kind, default_betas, make_betas
 from rediff.discrete.reverse import posterior_probs, reverse_probs
@@ -34,6 +34,7 @@ __all__ = [
     "DiscreteSamples",
     "Final",
     "Kind",
+    "MaskDraws",
     "MaskedObjective",
     "MaskedProcess",
     "Masking",

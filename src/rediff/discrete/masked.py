@@ -164,12 +164,6 @@ class MaskedProcess(PerCoordinate):
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         return [(steps - i) / steps for i in range(steps + 1)]
 
-    def mask_tokens(self, x0: Tensor, t: Tensor, u: Tensor) -> Tensor:
-        """x_t from x0 [B, *D], times t [B] and uniforms u [B, *D]: token i masked where
-        u_i < 1 - alpha(t)."""
-        keep = self.alpha(t).to(x0.device).reshape(-1, *[1] * (x0.ndim - 1))
-        return torch.where(u.to(x0.device, keep.dtype) < 1.0 - keep, self.mask, x0)
-
 
 def stratified_times(n: int, generator: torch.Generator | None = None) -> Tensor:
     """n low-discrepancy times in (0, 1], float64 [n]: t_j = 1 - ((u + j / n) mod 1) for one
@@ -189,14 +183,18 @@ def token_nll(x0: Tensor, logits: Tensor, where: Tensor | None = None) -> Tensor
     return -picked.reshape(x0.shape[0], -1).sum(1)
 
 
-def elbo_terms(denoiser: DiscreteDenoiser, x0: Tensor, t: Tensor, u: Tensor, **cond) -> Tensor:
-    """w(t) times the masked cross-entropy at x_t = mask_tokens(x0, t, u): one draw of the
-    ELBO's integrand per sample, nats [B] (t: [B] in (0, 1])."""
-    process = denoiser.process
-    x_t = process.mask_tokens(x0, t, u)
-    ce = token_nll(x0, denoiser(x_t, t.float(), **cond), x_t == process.mask)
-    weight = process.weight(t).to(ce.device)
-    return torch.where(ce > 0, weight, torch.zeros_like(weight)) * ce  # nothing masked: 0
+class MaskDraws(Choice, noun="loss.mask_draws"):
+    """How one draw of the ELBO's integrand is made (both unbiased for the same ELBO):
+
+    - ``count``: the number masked k uniform on 1..L, k random tokens masked, t from its
+      law given k; weight L c_k (``count_weights``), at most L: finite variance.
+    - ``time``: t uniform (MDLM eq. 10), each token masked with probability 1 - alpha(t);
+      weight w(t) ~ 1 / t near 0, so the draws are heavy-tailed (their variance diverges
+      logarithmically at t = 0).
+    """
+
+    COUNT = "count"
+    TIME = "time"
 
 
 def count_weights(process: MaskedProcess, length: int) -> Tensor:
@@ -213,7 +211,7 @@ def count_weights(process: MaskedProcess, length: int) -> Tensor:
 
 
 def _alpha_given_count(process: MaskedProcess, k: Tensor, length: int, u: Tensor) -> Tensor:
-    """alpha(t) drawn from its distribution given k masked tokens, density proportional to
+    """alpha(t) drawn from its law given k masked tokens, density proportional to
     (1 - a)^(k - 1) a^(L - k) on [alpha_1, 1] (a Beta(L - k + 1, k) truncated), by the
     inverse CDF of uniforms u: float64 like k."""
     from scipy.special import betainc, betaincinv
@@ -221,6 +219,47 @@ def _alpha_given_count(process: MaskedProcess, k: Tensor, length: int, u: Tensor
     a, b = (length - k + 1).numpy(), k.numpy()
     low = betainc(a, b, float(process.alpha(1.0)))
     return torch.from_numpy(betaincinv(a, b, low + u.numpy() * (1.0 - low)))
+
+
+def draw_by_count(
+    process: MaskedProcess, x0: Tensor, fraction: Tensor, generator: torch.Generator | None
+) -> dict[str, Tensor]:
+    """One ``count`` draw per sample of x0 [B, *D] (L tokens each) with k = 1 + floor(fraction
+    L) masked, fraction [B] in [0, 1): times ``t`` [B], the ``masked`` positions and the
+    weights ``scale`` = L c_k [B]."""
+    B, L = x0.shape[0], x0[0].numel()
+    k = (fraction * L).long().clamp(max=L - 1) + 1
+    u = torch.rand(B, generator=generator, dtype=torch.float64)
+    t = process.time_of(_alpha_given_count(process, k.double(), L, u))
+    rank = torch.rand(B, L, generator=generator).argsort(1).argsort(1)
+    masked = (rank < k[:, None]).reshape(x0.shape)
+    scale = L * count_weights(process, L)[k - 1]
+    return {"t": t.to(x0.device), "masked": masked.to(x0.device), "scale": scale.to(x0.device)}
+
+
+def draw_by_time(
+    process: MaskedProcess, x0: Tensor, t: Tensor, generator: torch.Generator | None
+) -> dict[str, Tensor]:
+    """One ``time`` draw per sample of x0 [B, *D] at times t [B] in (0, 1]: each token masked
+    with probability 1 - alpha(t), weights ``scale`` = w(t)."""
+    keep = process.alpha(t).reshape(-1, *[1] * (x0.ndim - 1))
+    masked = torch.rand(x0.shape, generator=generator, dtype=torch.float64) < 1.0 - keep
+    return {
+        "t": t.to(x0.device),
+        "masked": masked.to(x0.device),
+        "scale": process.weight(t).to(x0.device),
+    }
+
+
+def weighted_nll(denoiser: DiscreteDenoiser, x0: Tensor, draws: dict[str, Tensor], **cond):
+    """scale times the masked cross-entropy of the denoiser at x_t = x0 with the ``masked``
+    positions replaced by [MASK]: one draw of the ELBO's integrand per sample, nats [B]
+    (0 where nothing is masked, whatever the weight)."""
+    masked = draws["masked"]
+    x_t = torch.where(masked, denoiser.process.mask, x0)
+    ce = token_nll(x0, denoiser(x_t, draws["t"].float(), **cond), masked)
+    scale = draws["scale"].to(ce.device)
+    return torch.where(ce > 0, scale, torch.zeros_like(scale)) * ce
 
 
 def elbo(
@@ -233,19 +272,17 @@ def elbo(
     **cond,
 ) -> Bound:
     """The masked-diffusion ELBO of ``x0`` [B, *D] (L tokens 0..K-1 per sample), estimated
-    per sample from ``samples`` = m draws with finite variance: the time integral is split
+    per sample from ``samples`` = m ``count`` draws (``MaskDraws``: the time integral split
     by the number k of masked tokens,
 
         ELBO = L_1 + sum_k c_k E[ masked cross-entropy | k ],   c_k = ``count_weights``,
 
-    and each draw takes k from 1..L (stratified over the m draws), k random tokens masked,
-    and t from its distribution given k (so a time-conditioned net sees the times it would
-    under q): L c_k times the masked cross-entropy, unbiased. (The same integral drawn as
-    uniform t with Bernoulli masks, the training loss, has heavy tails from w(t) ~ 1 / t:
-    its variance diverges logarithmically at t = 0.) Reported with the standard error of the
-    m draws' mean (m >= 2). As a ``variational.Bound``: ``prior`` L_1, ``decoder`` 0 (the
-    integral includes the last unmasking), ``diffusion`` the integral; ``bits_per_dim`` is
-    bits per token. ``progress`` shows a bar over the m denoiser calls."""
+    k stratified over 1..L across the m draws, t from its law given k so that a
+    time-conditioned net sees the times q gives it): unbiased, each draw at most L max CE,
+    reported with the standard error of the m draws' mean (m >= 2). As a
+    ``variational.Bound``: ``prior`` L_1, ``decoder`` 0 (the integral includes the last
+    unmasking), ``diffusion`` the integral; ``bits_per_dim`` is bits per token.
+    ``progress`` shows a bar over the m denoiser calls."""
     process = denoiser.process
     if not isinstance(process, MaskedProcess):
         raise ValueError(f"the masked ELBO needs a MaskedProcess, got {process!r}")
@@ -253,20 +290,13 @@ def elbo(
         raise ValueError(f"samples must be an integer >= 2 (for a standard error), got {samples}")
     x0 = process.check_data(x0)
     B, L = x0.shape[0], x0[0].numel()
-    weights = count_weights(process, L)
     fractions = torch.stack([1.0 - stratified_times(samples, generator) for _ in range(B)], 1)
-    draws = []
     with torch.no_grad():
-        for j in tqdm(range(samples), desc="elbo", disable=not progress):
-            k = (fractions[j] * L).long() + 1  # uniform on 1..L, stratified over the draws
-            u = torch.rand(B, generator=generator, dtype=torch.float64)
-            t = process.time_of(_alpha_given_count(process, k.double(), L, u))
-            order = torch.rand(B, L, generator=generator).argsort(1).argsort(1)
-            masked = (order < k[:, None]).reshape(x0.shape).to(x0.device)
-            x_t = torch.where(masked, process.mask, x0)
-            ce = token_nll(x0, denoiser(x_t, t.float(), **cond), masked)
-            draws.append(L * weights[k - 1].to(ce.device) * ce)
-    draws = torch.stack(draws)
+        terms = [
+            weighted_nll(denoiser, x0, draw_by_count(process, x0, fractions[j], generator), **cond)
+            for j in tqdm(range(samples), desc="elbo", disable=not progress)
+        ]
+    draws = torch.stack(terms)
     prior = process.prior_kl(x0).to(draws.device)
     se = draws.std(0) / math.sqrt(samples)
     return Bound(prior, torch.zeros_like(prior), draws.mean(0), se, None, L)
@@ -275,11 +305,16 @@ def elbo(
 @dataclass(frozen=True)
 class MaskedObjective:
     """The masked-diffusion ELBO as a training loss (``loss.kind = "masked"``): per batch,
-    stratified times t [B] (``stratified_times``) and uniforms u [B, *D] that pick the masks
-    (``draw``); ``__call__`` is L_1 + w(t) times the masked cross-entropy, in bits per token
-    (its mean over t is the ELBO)."""
+    one draw per sample (``draw``), stratified over the batch (``stratified_times``): the
+    number masked (``count``, the default) or the time (``time``, MDLM's estimator);
+    ``__call__`` is L_1 + the weighted masked cross-entropy, in bits per token (its mean is
+    the ELBO for either kind of draw)."""
 
+    draws: MaskDraws = MaskDraws.COUNT
     kind: Loss = Loss.MASKED
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "draws", MaskDraws.parse(self.draws))
 
     def check_model(self, model) -> None:
         if not (isinstance(model, DiscreteModel) and isinstance(model.process, MaskedProcess)):
@@ -294,24 +329,28 @@ class MaskedObjective:
     def draw(
         self, process: MaskedProcess, x0: Tensor, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        t = stratified_times(x0.shape[0], generator)
-        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64)
-        return {"t": t.to(x0.device), "u": u.to(x0.device)}
+        """Times, masks and weights for the batch x0 [B, *D] (per sample along dim 0)."""
+        spread = stratified_times(x0.shape[0], generator)
+        if self.draws is MaskDraws.TIME:
+            return draw_by_time(process, x0, spread, generator)
+        return draw_by_count(process, x0, 1.0 - spread, generator)
 
     def __call__(self, model: DiscreteModel, x0: Tensor, draws: dict[str, Tensor], **cond):
         """The batch-mean loss in bits per token (one network evaluation)."""
-        process = model.process
-        nats = process.prior_kl(x0) + elbo_terms(model, x0, draws["t"], draws["u"], **cond)
+        nats = model.process.prior_kl(x0) + weighted_nll(model, x0, draws, **cond)
         return (nats / (x0[0].numel() * _LN2)).mean().float()
 
 
 __all__ = [
+    "MaskDraws",
     "MaskedObjective",
     "MaskedProcess",
     "Masking",
     "count_weights",
+    "draw_by_count",
+    "draw_by_time",
     "elbo",
-    "elbo_terms",
     "stratified_times",
     "token_nll",
+    "weighted_nll",
 ]

@@ -71,30 +71,67 @@ class LevelsNet(nn.Module):
         return logistic_logits(torch.tanh(out[..., 0]), out[..., 1], K)
 
 
+def rotary(length: int, dim: int, device=None) -> tuple[Tensor, Tensor]:
+    """cos and sin [L, dim / 2] of rotary position embeddings (Su et al. 2021, RoFormer):
+    pair j of a head's features at position p turns by the angle p / 10000^(2 j / dim)."""
+    freqs = 10000.0 ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs
+    return torch.cos(angles), torch.sin(angles)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [..., L, dim] with its two halves turned as pairs by the angles of (cos, sin)."""
+    first, second = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with rotary positions (queries and keys turned by their
+    position, so attention scores depend on relative offsets), bidirectional or causal."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x: Tensor, angles: tuple[Tensor, Tensor], causal: bool) -> Tensor:
+        B, L, W = x.shape
+        q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = _rotate(q, *angles), _rotate(k, *angles)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+        return self.out(y.transpose(1, 2).reshape(B, L, W))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: self-attention (bidirectional or causal), then an MLP."""
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.attention = Attention(width, heads, dropout)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width)
         )
 
-    def forward(self, h: Tensor, causal: Tensor | None) -> Tensor:
-        x = self.norm1(h)
-        h = h + self.attention(x, x, x, attn_mask=causal, need_weights=False)[0]
+    def forward(self, h: Tensor, angles: tuple[Tensor, Tensor], causal: bool) -> Tensor:
+        h = h + self.attention(self.norm1(h), angles, causal)
         return h + self.mlp(self.norm2(h))
 
 
 class Transformer(nn.Module):
     """net(x_t [B, L] states, time [B], labels=None) -> logits [B, L, K]: token (S states)
-    and learned position embeddings plus the time (and class) embedding added to every
-    position, ``depth`` pre-norm blocks, a linear read-out. Bidirectional by default; with
+    embeddings plus the time (and class) embedding added to every position, ``depth``
+    pre-norm blocks with rotary positions, a linear read-out. Bidirectional by default; with
     ``causal`` each position sees only itself and earlier ones (an autoregressive model).
     Without ``time_conditioning`` the net ignores the time (MDLM's default for masked
-    diffusion, whose exact denoiser does not depend on t: caching is then exact)."""
+    diffusion, whose exact denoiser does not depend on t: caching is then exact).
+
+    Positions are rotary (as in MDLM's DiT): with learned absolute positions a bidirectional
+    net stayed at the unigram entropy (4.5 bits/char on the pydoc text for 300+ steps) where
+    a causal one, which reads order from its mask, did not; rotary positions put relative
+    offsets into every attention score."""
 
     def __init__(
         self,
@@ -111,15 +148,16 @@ class Transformer(nn.Module):
         time_conditioning: bool = True,
     ):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} must be divisible by heads {heads}")
+        if width % heads or (width // heads) % 2:
+            raise ValueError(f"width {width} must be divisible by heads {heads}, in even parts")
         self.categories, self.states, self.length, self.causal = categories, states, length, causal
         self.time_conditioning = time_conditioning
         self.tokens = nn.Embedding(states, width)
-        self.positions = nn.Parameter(torch.randn(length, width) * 0.02)
+        nn.init.normal_(self.tokens.weight, std=0.02)  # GPT-2's scale
         self.embed = TimeEmbedding(width, width, time_scale, num_classes)
         self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(depth))
         self.norm, self.out = nn.LayerNorm(width), nn.Linear(width, categories)
+        self.head_dim = width // heads
 
     def forward(self, x_t: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
         L = x_t.shape[1]
@@ -127,10 +165,8 @@ class Transformer(nn.Module):
             raise ValueError(f"the transformer takes sequences of length <= {self.length}, got {L}")
         if not self.time_conditioning:  # the time embedding of t = 0: a learned constant
             time = torch.zeros_like(time)
-        h = self.tokens(x_t) + self.positions[:L] + self.embed(time, labels)[:, None]
-        causal = None
-        if self.causal:
-            causal = torch.ones(L, L, dtype=torch.bool, device=x_t.device).triu(1)
+        h = self.tokens(x_t) + self.embed(time, labels)[:, None]
+        angles = rotary(L, self.head_dim, x_t.device)
         for block in self.blocks:
-            h = block(h, causal)
+            h = block(h, angles, self.causal)
         return self.out(self.norm(h))

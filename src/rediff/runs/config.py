@@ -220,6 +220,9 @@ class LossConfig(_Typed):
     # discrete_hybrid: the bound + ce_weight x the cross-entropy on x0 (Austin et al.'s
     # lambda = 0.001 on their per-step loss is 0.001 T here: 1 for T = 1000)
     ce_weight: float = 1.0
+    # masked: one draw of the ELBO per sample by the number masked (count: bounded weights)
+    # or by the time (time: MDLM's uniform t, heavy-tailed weights)
+    mask_draws: discrete.MaskDraws = discrete.MaskDraws.COUNT
 
 
 class Device(Choice, noun="train.device"):

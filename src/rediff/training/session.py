@@ -81,7 +81,7 @@ def build_objective(
     decoder; 256 for continuous data), or the discrete one for a d3pm process."""
     c = config.loss
     if c.kind is losses.Loss.MASKED:
-        return MaskedObjective()
+        return MaskedObjective(c.mask_draws)
     if c.kind is losses.Loss.AUTOREGRESSIVE:
         return AutoregressiveObjective()
     if config.schedule.discrete:
