@@ -124,6 +124,20 @@ def write_pages(pages: dict[str, torch.Tensor], tokenizer, path: Path) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def gap_sentence(masked: tuple[float, float], autoregressive: tuple[float, float]) -> str:
+    """Where the masked model lands against the baseline, beside the published gaps."""
+    (m, m_se), (a, a_se) = masked, autoregressive
+    gap, se = m - a, math.hypot(m_se, a_se)
+    return (
+        f"Masked diffusion's bound is {gap:+.3f} bits/char ({gap / se:+.1f} standard errors, "
+        f"{100 * gap / a:+.0f}%) from the autoregressive likelihood. Published figures, at "
+        "budgets thousands of times larger (as quoted in the issue): MDLM's bound on "
+        "OpenWebText, perplexity 23.0 against 17.5 for the autoregressive model (+9.5% in "
+        "nats per token), within about 10-15% at equal compute; masked diffusion on text8, "
+        "1.37-1.45 bits/char."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -138,10 +152,11 @@ def main() -> None:
         name: sum(p.numel() for p in load_run(p).model.parameters())
         for name, (p, _) in runs.items()
     }
-    likelihood = []
+    likelihood, means = [], []
     for name, (path, seconds) in runs.items():
         start = time.perf_counter()
         row = run_nll(path, n=256, vlb_steps=args.elbo_samples).row
+        means.append((row.mean, row.se))
         likelihood.append(
             f"| {name} | {row.method} | {row.mean:.3f} | {row.se:.3f} | {row.nfe} | "
             f"{params[name] / 1e6:.2f} M | {seconds:.0f} | {time.perf_counter() - start:.0f} |"
@@ -167,7 +182,10 @@ def main() -> None:
         *likelihood,
         "",
         "The masked model's number is its ELBO (an upper bound on its -log2 likelihood, from "
-        f"{args.elbo_samples} stratified times per sequence); the autoregressive one is exact.",
+        f"{args.elbo_samples} draws per sequence, stratified over the number masked); the "
+        "autoregressive one is exact.",
+        "",
+        gap_sentence(*means),
         "",
         f"Sample quality: the autoregressive model's bits/char of {SAMPLES} samples (lower: "
         "more likely under the baseline; real held-out text is the reference). Time: wall "
