@@ -7,6 +7,8 @@ points and for images.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 Tensor = torch.Tensor
@@ -54,6 +56,11 @@ def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
 def sum_except_batch(x: Tensor) -> Tensor:
     """Sum over every dimension but the first: [B, *D] -> [B]."""
     return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def bits_per_dim(nats: Tensor, x: Tensor) -> Tensor:
+    """Nats per sample [B] of data x [B, *D] as bits per dimension [B]: nats / (d ln 2)."""
+    return nats / (x[0].numel() * math.log(2.0))
 
 
 def check_finite(name: str, x: Tensor) -> None:

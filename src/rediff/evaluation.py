@@ -21,7 +21,7 @@ import torch
 from rediff import data, discrete, likelihood, variational
 from rediff._choices import Choice
 from rediff._io import atomic_write, in_run
-from rediff._tensor import Tensor, check_finite
+from rediff._tensor import Tensor, bits_per_dim, check_finite
 from rediff.discrete import AutoregressiveModel, DiscreteModel, MaskedProcess
 from rediff.metrics import Score
 from rediff.model import NoisyClassifier
@@ -256,7 +256,7 @@ def _exact_row(run: Run, x: Tensor) -> NLLRow:
     """An autoregressive model's exact -log2 p(x) per token (one evaluation per batch)."""
     with torch.no_grad():
         nats = torch.cat([-run.model.log_prob(part) for part in x.split(64)])
-    return _row("exact", _unit(run), nats / (x.shape[1] * math.log(2)), 1)
+    return _row("exact", _unit(run), bits_per_dim(nats, x), 1)
 
 
 def _ode_row(run: Run, x: Tensor, probes: int | None, rtol: float, gen) -> NLLRow:

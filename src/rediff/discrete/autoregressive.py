@@ -10,7 +10,6 @@ for [MASK]) and its output at position i giving the logits of x_i.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +17,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rediff._tensor import Tensor
+from rediff._tensor import Tensor, bits_per_dim
 from rediff.discrete.masked import token_nll
 from rediff.discrete.process import categorical, check_categories
 from rediff.discrete.sampling import DiscreteSamples, check_top_p, nucleus
-from rediff.losses import Loss
-
-_LN2 = math.log(2.0)
 
 
 class AutoregressiveModel(nn.Module):
@@ -121,8 +117,6 @@ class AutoregressiveObjective:
     """Next-token cross-entropy in bits per token (``loss.kind = "autoregressive"``): no
     randomness beyond the batch, so ``draw`` makes nothing."""
 
-    kind: Loss = Loss.AUTOREGRESSIVE
-
     def check_model(self, model) -> None:
         if not isinstance(model, AutoregressiveModel):
             raise ValueError(
@@ -140,8 +134,7 @@ class AutoregressiveObjective:
         return {}
 
     def __call__(self, model: AutoregressiveModel, x0: Tensor, draws: dict, **cond) -> Tensor:
-        nats = -model.log_prob(x0, **cond)
-        return (nats / (x0.shape[1] * _LN2)).mean().float()
+        return bits_per_dim(-model.log_prob(x0, **cond), x0).mean().float()
 
 
 __all__ = ["AutoregressiveModel", "AutoregressiveObjective"]

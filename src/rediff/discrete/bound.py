@@ -25,14 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from rediff._tensor import Tensor
+from rediff._tensor import Tensor, bits_per_dim
 from rediff.discrete.denoiser import DiscreteDenoiser, DiscreteModel
 from rediff.discrete.process import DiscreteProcess, categorical, kl
 from rediff.discrete.reverse import posterior_probs, reverse_probs
 from rediff.losses import Loss
 from rediff.variational import Bound, diffusion_terms
-
-_LN2 = math.log(2.0)
 
 
 def _sum_dims(x: Tensor) -> Tensor:
@@ -156,7 +154,7 @@ class DiscreteObjective:
         if self.kind is not Loss.DISCRETE_VLB:
             weight = 1.0 if self.kind is Loss.DISCRETE_CE else self.ce_weight
             loss = loss + weight * _cross_entropy(x0, logits)
-        return (loss / (x0[0].numel() * _LN2)).mean().float()
+        return bits_per_dim(loss, x0).mean().float()
 
 
 __all__ = ["DiscreteObjective", "cross_entropy", "step_terms", "vlb"]

@@ -39,13 +39,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rediff._choices import Choice
-from rediff._tensor import Tensor
+from rediff._tensor import Tensor, bits_per_dim
 from rediff.discrete.denoiser import DiscreteDenoiser, DiscreteModel
 from rediff.discrete.process import Kind, PerCoordinate, absorbing_matrix
-from rediff.losses import Loss
 from rediff.variational import Bound
-
-_LN2 = math.log(2.0)
 
 
 class Masking(Choice, noun="masking schedule"):
@@ -311,7 +308,6 @@ class MaskedObjective:
     the ELBO for either kind of draw)."""
 
     draws: MaskDraws = MaskDraws.COUNT
-    kind: Loss = Loss.MASKED
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "draws", MaskDraws.parse(self.draws))
@@ -338,7 +334,7 @@ class MaskedObjective:
     def __call__(self, model: DiscreteModel, x0: Tensor, draws: dict[str, Tensor], **cond):
         """The batch-mean loss in bits per token (one network evaluation)."""
         nats = model.process.prior_kl(x0) + weighted_nll(model, x0, draws, **cond)
-        return (nats / (x0[0].numel() * _LN2)).mean().float()
+        return bits_per_dim(nats, x0).mean().float()
 
 
 __all__ = [

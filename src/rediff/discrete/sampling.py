@@ -87,6 +87,26 @@ def _step(process, x, p0, s, t, final: Final, generator) -> Tensor:
     return data.argmax(-1) if final is Final.ARGMAX else categorical(data, generator)
 
 
+def _unmask(denoiser, x, times, generator, final, top_p, callback, cond, reuse: bool):
+    """The reverse steps along ``times``; with ``reuse`` the denoiser is evaluated again only
+    on the samples that changed since their last evaluation (conditioning tensors indexed
+    with them)."""
+    final, process, top_p = Final.parse(final), denoiser.process, check_top_p(top_p)
+    p0, seen = None, None
+    for t, s in itertools.pairwise(times):
+        if p0 is None or not reuse:
+            p0, seen = _x0_probs(denoiser, x, t, top_p, cond), x
+        changed = (x != seen).reshape(x.shape[0], -1).any(1).nonzero()[:, 0]
+        if len(changed):
+            part = {key: value[changed] for key, value in cond.items()}
+            p0 = p0.index_put((changed,), _x0_probs(denoiser, x[changed], t, top_p, part))
+            seen = x
+        x = _step(process, x, p0, s, t, final, generator)
+        if callback is not None:
+            callback(t)
+    return x
+
+
 def ancestral(
     denoiser: DiscreteDenoiser,
     x: Tensor,
@@ -99,13 +119,7 @@ def ancestral(
     **cond: Any,
 ) -> Tensor:
     """Ancestral sampling from states x at times[0] along ``times`` (decreasing to 0)."""
-    final, process, top_p = Final.parse(final), denoiser.process, check_top_p(top_p)
-    for t, s in itertools.pairwise(times):
-        p0 = _x0_probs(denoiser, x, t, top_p, cond)
-        x = _step(process, x, p0, s, t, final, generator)
-        if callback is not None:
-            callback(t)
-    return x
+    return _unmask(denoiser, x, times, generator, final, top_p, callback, cond, reuse=False)
 
 
 def cached(
@@ -119,27 +133,14 @@ def cached(
     callback: Callable[[int], None] | None = None,
     **cond: Any,
 ) -> Tensor:
-    """Ancestral sampling of an absorbing process that evaluates the denoiser only after a
-    step changed some coordinate (see the module docstring)."""
-    final, process, top_p = Final.parse(final), denoiser.process, check_top_p(top_p)
-    if process.kind is not Kind.ABSORBING:
+    """Ancestral sampling of an absorbing process that evaluates the denoiser again only on
+    the samples that changed since their last evaluation (see the module docstring)."""
+    if denoiser.process.kind is not Kind.ABSORBING:
         raise ValueError(
             f"the cached sampler needs the absorbing kind (p(x0 | x_t) then depends on x_t "
-            f"only), got {process.kind.value!r}; use 'ancestral'"
+            f"only), got {denoiser.process.kind.value!r}; use 'ancestral'"
         )
-    p0, seen = None, None
-    for t, s in itertools.pairwise(times):
-        if p0 is None:
-            p0, seen = _x0_probs(denoiser, x, t, top_p, cond), x
-        changed = (x != seen).reshape(x.shape[0], -1).any(1).nonzero()[:, 0]
-        if len(changed):  # only the samples that changed since their last evaluation
-            part = {key: value[changed] for key, value in cond.items()}
-            p0 = p0.index_put((changed,), _x0_probs(denoiser, x[changed], t, top_p, part))
-            seen = x
-        x = _step(process, x, p0, s, t, final, generator)
-        if callback is not None:
-            callback(t)
-    return x
+    return _unmask(denoiser, x, times, generator, final, top_p, callback, cond, reuse=True)
 
 
 def _with_known(process: PerCoordinate, x: Tensor, known: Tensor) -> Tensor:

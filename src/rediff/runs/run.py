@@ -62,8 +62,8 @@ def build_model(
     order means anything), for schedule.kind = "none" an AutoregressiveModel."""
     m = config.model
     if config.schedule.kind is ScheduleKind.NONE:  # the config checked the net's causal form
-        net = m.net.autoregressive(m, tuple(shape), discrete_categories(config, levels))
-        return AutoregressiveModel(net, discrete_categories(config, levels))
+        categories = discrete_categories(config, levels)
+        return AutoregressiveModel(m.net.autoregressive(m, tuple(shape), categories), categories)
     if config.schedule.discrete:
         process = discrete_process(config, levels, ordinal)
         return DiscreteModel(m.net.discrete(m, tuple(shape), process), process)

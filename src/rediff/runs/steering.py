@@ -156,13 +156,12 @@ def _draw_discrete(run, n, sampler, steps, generator, labels, guide, options) ->
             "classifier-free guidance (a scale other than 1) needs a class-conditional model "
             "trained with label dropout (train.label_dropout > 0)"
         )
+    cond = {"labels": labels} if run.classes else {}
     if isinstance(run.model, AutoregressiveModel):
         if guided:
             raise ValueError("classifier-free guidance of an autoregressive model is not built")
-        cond = {"labels": labels} if run.classes else {}
         out = run.model.sample(shape, generator=generator, device=device, **options, **cond)
         return Drawn(out.x, labels, out.nfe)
-    cond = {"labels": labels} if run.classes else {}
     model = discrete.ClassifierFree(run.model, guide.scale) if guided else run.model
     out = discrete.sample(
         model,
