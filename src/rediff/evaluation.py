@@ -226,8 +226,9 @@ def _method(run: Run, method: Method | str | None) -> Method:
 
 
 def _bound_row(run: Run, x: Tensor, vlb_steps: int | None, gen) -> NLLRow:
-    """The discrete bound (DDPM's over the data's levels, or a D3PM model's) in bits/dim;
-    NFE: the diffusion terms evaluated plus the decoder's."""
+    """The bound in bits/dim (bits/char for text): DDPM's over the data's levels or a D3PM
+    model's (NFE: the diffusion terms evaluated plus the decoder's), or a masked model's
+    ELBO (NFE: its draws per sample)."""
     num_steps, unit = vlb_steps or None, _unit(run)
     if isinstance(run.model, DiscreteModel) and isinstance(run.model.process, MaskedProcess):
         if num_steps is None:
