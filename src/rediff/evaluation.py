@@ -22,7 +22,9 @@ from rediff import data, discrete, likelihood, variational
 from rediff._choices import Choice
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor, bits_per_dim, check_finite
-from rediff.discrete import AutoregressiveModel, DiscreteModel, MaskedProcess
+from rediff.discrete import AutoregressiveModel, DiscreteModel, InsDelModel, MaskedProcess
+from rediff.discrete.insdel_model import bits_per_token
+from rediff.discrete.insdel_model import elbo as insdel_elbo
 from rediff.metrics import Score
 from rediff.model import NoisyClassifier
 from rediff.runs import Dataset, Guide, Run, draw, load_run
@@ -194,8 +196,8 @@ def _nll_data(run: Run, split: Split, data_path: str | Path | None) -> tuple[Ten
                 f"takes {list(spec.shape)}; resize the images or pick the matching run"
             )
         dataset, name = Dataset(x, levels=spec.levels, ordinal=spec.ordinal), str(data_path)
-    discrete_model = isinstance(run.model, (DiscreteModel, AutoregressiveModel))
-    return (dataset.categories() if discrete_model else dataset.x), name
+    over_tokens = isinstance(run.model, (DiscreteModel, AutoregressiveModel, InsDelModel))
+    return (dataset.categories() if over_tokens else dataset.x), name
 
 
 class NLL(NamedTuple):
@@ -213,7 +215,7 @@ def _method(run: Run, method: Method | str | None) -> Method:
         if method is not None and Method.parse(method) is not Method.EXACT:
             raise ValueError("an autoregressive model's likelihood is exact: use --method exact")
         return Method.EXACT
-    discrete_model = isinstance(run.model, DiscreteModel)
+    discrete_model = isinstance(run.model, (DiscreteModel, InsDelModel))
     default = Method.VLB if discrete_model else Method.ODE
     method = default if method is None else Method.parse(method)
     if method is Method.EXACT:
@@ -230,6 +232,9 @@ def _bound_row(run: Run, x: Tensor, vlb_steps: int | None, gen) -> NLLRow:
     model's (NFE: the diffusion terms evaluated plus the decoder's), or a masked model's
     ELBO (NFE: its draws per sample)."""
     num_steps, unit = vlb_steps or None, _unit(run)
+    if isinstance(run.model, InsDelModel):
+        nats = torch.cat([insdel_elbo(run.model, part, generator=gen) for part in x.split(128)])
+        return _row("elbo", "bits/token", bits_per_token(nats, x), run.model.process.num_steps)
     if isinstance(run.model, DiscreteModel) and isinstance(run.model.process, MaskedProcess):
         if num_steps is None:
             raise ValueError("the masked ELBO is a Monte Carlo estimate: --vlb-steps must be >= 2")

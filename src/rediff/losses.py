@@ -243,11 +243,14 @@ class Loss(Choice):
     MASKED = "masked"
     # next-token cross-entropy of a causal model (rediff.discrete.autoregressive)
     AUTOREGRESSIVE = "autoregressive"
+    # the bound of an insertion/deletion model (rediff.discrete.insdel_model.InsDelObjective)
+    INSDEL = "insdel"
 
     @property
     def discrete(self) -> bool:
         """Whether this loss trains a model over categories."""
-        return self.value.startswith("discrete_") or self in (Loss.MASKED, Loss.AUTOREGRESSIVE)
+        over_tokens = (Loss.MASKED, Loss.AUTOREGRESSIVE, Loss.INSDEL)
+        return self.value.startswith("discrete_") or self in over_tokens
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,17 @@ bound and losses, and samplers.
 
     masked = MaskedProcess(categories=K, masking="cosine")     # MDLM / MD4, t in [0, 1]
     bound = discrete.elbo(mix.denoiser(masked), x0, samples=16)  # the masked ELBO
+
+    process = InsDelProcess.make(K, T=32)              # insertion and deletion (Johnson 2021)
+    model = InsDelModel(insdel_net(process, 64), process, max_length=64)  # varying length
+    texts = model.sample(16).sequences
 """
 
 from rediff.discrete.autoregressive import AutoregressiveModel, AutoregressiveObjective
 from rediff.discrete.bound import DiscreteObjective, cross_entropy, step_terms, vlb
 from rediff.discrete.denoiser import ClassifierFree, DiscreteDenoiser, DiscreteModel
+from rediff.discrete.insdel import InsDelProcess, Survival
+from rediff.discrete.insdel_model import InsDelModel, InsDelObjective, InsDelSamples, insdel_net
 from rediff.discrete.masked import MaskDraws, MaskedObjective, MaskedProcess, Masking, elbo
 from rediff.discrete.oracle import CategoricalMixture, MixtureDenoiser
 from rediff.discrete.process import BetaSchedule, DiscreteProcess, Kind, default_betas, make_betas
@@ -33,15 +39,21 @@ __all__ = [
     "DiscreteProcess",
     "DiscreteSamples",
     "Final",
+    "InsDelModel",
+    "InsDelObjective",
+    "InsDelProcess",
+    "InsDelSamples",
     "Kind",
     "MaskDraws",
     "MaskedObjective",
     "MaskedProcess",
     "Masking",
     "MixtureDenoiser",
+    "Survival",
     "cross_entropy",
     "default_betas",
     "elbo",
+    "insdel_net",
     "make_betas",
     "nucleus",
     "posterior_probs",

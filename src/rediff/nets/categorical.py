@@ -95,12 +95,17 @@ class Attention(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
 
-    def forward(self, x: Tensor, angles: tuple[Tensor, Tensor], causal: bool) -> Tensor:
+    def forward(
+        self, x: Tensor, angles: tuple[Tensor, Tensor], causal: bool, keys: Tensor | None = None
+    ) -> Tensor:
+        """``keys`` [B, L] (bool, optional): which positions may be attended to (False for
+        padding)."""
         B, L, W = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
         q, k = _rotate(q, *angles), _rotate(k, *angles)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+        mask = None if keys is None else keys[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(B, L, W))
 
 
@@ -115,8 +120,10 @@ class Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width)
         )
 
-    def forward(self, h: Tensor, angles: tuple[Tensor, Tensor], causal: bool) -> Tensor:
-        h = h + self.attention(self.norm1(h), angles, causal)
+    def forward(
+        self, h: Tensor, angles: tuple[Tensor, Tensor], causal: bool, keys: Tensor | None = None
+    ) -> Tensor:
+        h = h + self.attention(self.norm1(h), angles, causal, keys)
         return h + self.mlp(self.norm2(h))
 
 
@@ -159,7 +166,11 @@ class Transformer(nn.Module):
         self.norm, self.out = nn.LayerNorm(width), nn.Linear(width, categories)
         self.head_dim = width // heads
 
-    def forward(self, x_t: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, time: Tensor, labels: Tensor | None = None, keys: Tensor | None = None
+    ) -> Tensor:
+        """``keys`` [B, L] (bool): the positions attention may read (variable-length
+        sequences padded to L: False on the padding); all when None."""
         L = x_t.shape[1]
         if self.length < L:
             raise ValueError(f"the transformer takes sequences of length <= {self.length}, got {L}")
@@ -168,5 +179,5 @@ class Transformer(nn.Module):
         h = self.tokens(x_t) + self.embed(time, labels)[:, None]
         angles = rotary(L, self.head_dim, x_t.device)
         for block in self.blocks:
-            h = block(h, angles, self.causal)
+            h = block(h, angles, self.causal, keys)
         return self.out(self.norm(h))

@@ -51,11 +51,14 @@ class ScheduleKind(Choice, noun="schedule.kind"):
     MASKED = "masked"
     # no forward process: the autoregressive baseline (loss.kind = "autoregressive")
     NONE = "none"
+    # insertion and deletion on sequences of varying length (rediff.discrete.insdel)
+    INSDEL = "insdel"
 
     @property
     def discrete(self) -> bool:
-        """Whether the model is over categories (a D3PM or masked process, or none)."""
-        return self.d3pm or self in (ScheduleKind.MASKED, ScheduleKind.NONE)
+        """Whether the model is over categories (a D3PM, masked or insertion/deletion
+        process, or none)."""
+        return self.d3pm or self in (ScheduleKind.MASKED, ScheduleKind.NONE, ScheduleKind.INSDEL)
 
     @property
     def d3pm(self) -> bool:
@@ -76,6 +79,8 @@ class ScheduleKind(Choice, noun="schedule.kind"):
             return (Loss.MASKED,)
         if self is ScheduleKind.NONE:
             return (Loss.AUTOREGRESSIVE,)
+        if self is ScheduleKind.INSDEL:
+            return (Loss.INSDEL,)
         return tuple(k for k in Loss if not k.discrete)
 
 
@@ -94,6 +99,8 @@ def _constructor(kind: ScheduleKind, betas: Betas | None) -> Callable[..., Any]:
         return discrete.MaskedProcess
     if kind is ScheduleKind.NONE:
         return lambda categories: None
+    if kind is ScheduleKind.INSDEL:
+        return discrete.InsDelProcess.make
     if kind is ScheduleKind.DISCRETE_VP:
         return schedules.DiscreteVP.linear if betas is Betas.LINEAR else schedules.DiscreteVP.cosine
     return {
@@ -106,6 +113,8 @@ def _constructor(kind: ScheduleKind, betas: Betas | None) -> Callable[..., Any]:
 
 def schedule_parameters(kind: ScheduleKind, betas: Betas | None) -> tuple[str, ...]:
     """The config keys of a kind of schedule (besides kind and betas)."""
+    if kind is ScheduleKind.INSDEL:
+        return ("T", "survival", "insert", "replace")
     if kind.stepped:
         linear = ("beta_start", "beta_end") if betas is Betas.LINEAR else ()
         return ("T", *linear, *(("bands",) if kind is ScheduleKind.D3PM_BANDED else ()))
@@ -127,10 +136,11 @@ def _default_betas(kind: ScheduleKind) -> Betas:
 class ScheduleConfig:
     """The ``[schedule]`` section. Parameters left out take the defaults of the process's own
     constructor (EDM: sigma 0.002 to 80; VE: 0.01 to 50; VP: beta 0.1 to 20; DDPM: T = 1000,
-    betas 1e-4 to 0.02; D3PM: T = 1000 and each kind's usual betas; masked: linear masking);
-    a parameter of another kind is an error. ``d3pm_*`` kinds are discrete processes over the
-    data's categories, ``masked`` is masked diffusion in continuous time, ``none`` the
-    autoregressive baseline's absence of a process."""
+    betas 1e-4 to 0.02; D3PM: T = 1000 and each kind's usual betas; masked: linear masking;
+    insdel: T = 32, cosine survival, insert 1, replace 0); a parameter of another kind is an
+    error. ``d3pm_*`` kinds are discrete processes over the data's categories, ``masked`` is
+    masked diffusion in continuous time, ``insdel`` inserts and deletes tokens (sequences of
+    varying length), ``none`` the autoregressive baseline's absence of a process."""
 
     kind: ScheduleKind = ScheduleKind.DISCRETE_VP
     betas: Betas | None = None  # discrete_vp: linear or cosine; d3pm_*: also mutual_info
@@ -146,6 +156,11 @@ class ScheduleConfig:
     masking: discrete.Masking | None = None
     exponent: float | None = None
     eps: float | None = None
+    # insdel: the survival curve of data tokens, noise tokens inserted per data token
+    # deleted, and the probability that a kept token is redrawn at a step
+    survival: discrete.Survival | None = None
+    insert: float | None = None
+    replace: float | None = None
 
     def __post_init__(self) -> None:
         kind = ScheduleKind.parse(self.kind)
@@ -344,14 +359,24 @@ class Config:
 def sampler_registry(config: Config):
     """The samplers a run of ``config`` draws with: ``rediff.samplers``, for a discrete or
     masked process ``rediff.discrete.sampling``, for the autoregressive baseline
-    ``rediff.discrete.autoregressive`` (each has ``get(name)`` and a ``DEFAULT``)."""
+    ``rediff.discrete.autoregressive``, for insertion/deletion
+    ``rediff.discrete.insdel_model`` (each has ``get(name)`` and a ``DEFAULT``)."""
     if config.schedule.kind is ScheduleKind.NONE:
         return discrete.autoregressive
+    if config.schedule.kind is ScheduleKind.INSDEL:
+        return discrete.insdel_model
     return discrete.sampling if config.schedule.discrete else samplers
 
 
 #: the NetKind field that builds each form of network a model over categories needs
-_FORMS = {"discrete": "discrete", "causal": "autoregressive"}
+_FORMS = {"discrete": "discrete", "causal": "autoregressive", "insertion/deletion": "insdel"}
+
+
+def _form(kind: ScheduleKind) -> str:
+    """The form of network a discrete schedule kind needs."""
+    if kind is ScheduleKind.NONE:
+        return "causal"
+    return "insertion/deletion" if kind is ScheduleKind.INSDEL else "discrete"
 
 
 def _check_discrete(config: Config) -> None:
@@ -370,12 +395,18 @@ def _check_discrete(config: Config) -> None:
         )
     if schedule.discrete and config.model.learned_variance:
         raise ValueError("model.learned_variance is for DDPM's Gaussian steps, not a d3pm process")
-    form = "causal" if schedule.kind is ScheduleKind.NONE else "discrete"
+    form = _form(schedule.kind)
     if schedule.discrete and getattr(config.model.net, _FORMS[form]) is None:
         nets = [n for n, k in NETS.items() if getattr(k, _FORMS[form]) is not None]
         raise ValueError(
             f"model.net = {config.model.net.name!r} has no {form} form; use one of "
             f"{', '.join(map(repr, nets))}"
+        )
+    variable = config.data.kind.variable_length
+    if variable and schedule.kind is not ScheduleKind.INSDEL:
+        raise ValueError(
+            f"data.kind = {config.data.kind.name!r} gives sequences of varying length, which "
+            "only schedule.kind = 'insdel' models (with loss.kind = 'insdel')"
         )
     if not schedule.discrete and config.model.net.denoiser is None:
         raise ValueError(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from rediff.discrete import DiscreteProcess
+from rediff.discrete import DiscreteProcess, InsDelProcess, insdel_net
 from rediff.model import TimeInput
 from rediff.nets import MLP, Head, LevelsNet, NoiseClassifier, Transformer, UNet
 from rediff.parametrization import Target
@@ -25,14 +25,16 @@ class NetKind:
     net of a NoisyClassifier (logits over ``model.num_classes``), ``discrete(model_config,
     shape, process)`` the net of a DiscreteModel (logits over the process's categories),
     ``autoregressive(model_config, shape, categories)`` the causal net of an
-    AutoregressiveModel; each refuses a shape it cannot take, and None marks a form the
-    network does not have."""
+    AutoregressiveModel, ``insdel(model_config, shape, process, max_length)`` the net of an
+    InsDelModel; each refuses a shape it cannot take, and None marks a form the network
+    does not have."""
 
     name: str
     denoiser: Callable[[ModelConfig, Shape], nn.Module] | None
     classifier: Callable[[ModelConfig, Shape], nn.Module] | None
     discrete: Callable[[ModelConfig, Shape, DiscreteProcess], nn.Module] | None = None
     autoregressive: Callable[[ModelConfig, Shape, int], nn.Module] | None = None
+    insdel: Callable[[ModelConfig, Shape, InsDelProcess, int], nn.Module] | None = None
 
     @classmethod
     def parse(cls, value: NetKind | str, what: str = "model.net") -> NetKind:
@@ -178,10 +180,27 @@ def _causal_transformer(m: ModelConfig, shape: Shape, categories: int) -> nn.Mod
     return _sequence_transformer(m, shape, categories, categories + 1, True)
 
 
+def _insdel_transformer(
+    m: ModelConfig, shape: Shape, process: InsDelProcess, max_length: int
+) -> nn.Module:
+    """The bidirectional transformer of an insertion/deletion model (``insdel_net``)."""
+    if len(shape) != 1:
+        raise ValueError(
+            f"an insertion/deletion model takes token sequences [N, L], but the data are "
+            f"{list(shape)} per sample"
+        )
+    options = {"width": m.width, "depth": m.depth, "heads": m.heads, "dropout": m.dropout}
+    return insdel_net(
+        process, max_length, time_scale=m.time_scale, num_classes=m.num_classes or None, **options
+    )
+
+
 #: every registered network, by ``model.net``
 NETS: dict[str, NetKind] = {
     "mlp": NetKind("mlp", _mlp, _mlp_classifier),
     "unet_digits": _unet("unet_digits", UNet.digits, NoiseClassifier.digits),
     "unet_cifar10": _unet("unet_cifar10", UNet.cifar10, NoiseClassifier.cifar10),
-    "transformer": NetKind("transformer", None, None, _transformer, _causal_transformer),
+    "transformer": NetKind(
+        "transformer", None, None, _transformer, _causal_transformer, _insdel_transformer
+    ),
 }

@@ -9,7 +9,13 @@ from pathlib import Path
 import torch
 
 from rediff._io import atomic_write, in_run, load_tensors
-from rediff.discrete import AutoregressiveModel, DiscreteModel, DiscreteProcess, MaskedProcess
+from rediff.discrete import (
+    AutoregressiveModel,
+    DiscreteModel,
+    DiscreteProcess,
+    InsDelModel,
+    MaskedProcess,
+)
 from rediff.model import DiffusionModel, NoisyClassifier
 from rediff.runs.config import (
     Betas,
@@ -24,7 +30,13 @@ from rediff.runs.config import (
 from rediff.runs.kinds import Dataset
 from rediff.runs.spec import DataSpec
 
-Model = DiffusionModel | NoisyClassifier | DiscreteModel | AutoregressiveModel
+Model = DiffusionModel | NoisyClassifier | DiscreteModel | AutoregressiveModel | InsDelModel
+
+#: an insertion/deletion model's maximum length, in units of data.length (the longest data
+#: sequence): the sequences between x_0 and x_T hold DEL and INS sentinels besides the
+#: tokens (measured on the forward process: the longest of a trajectory exceeds twice the
+#: data's length in < 0.3% of trajectories for lengths >= 17)
+MAX_LENGTH_FACTOR = 2
 
 
 def discrete_categories(config: Config, levels: int | None) -> int:
@@ -59,11 +71,16 @@ def build_model(
     with ``loss.kind = "classifier"`` a NoisyClassifier (the same ``model.net`` builds the
     classifier of that size: an MLP, or the encoder half of the UNet preset), for a d3pm or
     masked schedule a DiscreteModel over the data's ``levels`` (``ordinal``: whether their
-    order means anything), for schedule.kind = "none" an AutoregressiveModel."""
+    order means anything), for schedule.kind = "none" an AutoregressiveModel, for "insdel"
+    an InsDelModel whose sequences may reach MAX_LENGTH_FACTOR x ``shape[0]`` tokens."""
     m = config.model
     if config.schedule.kind is ScheduleKind.NONE:  # the config checked the net's causal form
         categories = discrete_categories(config, levels)
         return AutoregressiveModel(m.net.autoregressive(m, tuple(shape), categories), categories)
+    if config.schedule.kind is ScheduleKind.INSDEL:
+        process = config.schedule.build(categories=discrete_categories(config, levels))
+        max_length = MAX_LENGTH_FACTOR * shape[0]
+        return InsDelModel(m.net.insdel(m, tuple(shape), process, max_length), process, max_length)
     if config.schedule.discrete:
         process = discrete_process(config, levels, ordinal)
         return DiscreteModel(m.net.discrete(m, tuple(shape), process), process)

@@ -12,7 +12,7 @@ import torch
 
 from rediff import discrete, guidance, samplers
 from rediff._tensor import Tensor
-from rediff.discrete import AutoregressiveModel, DiscreteModel
+from rediff.discrete import AutoregressiveModel, DiscreteModel, InsDelModel
 from rediff.model import Conditioned, Denoiser, NoisyClassifier
 from rediff.noise import SharedNoise
 from rediff.runs.run import Run
@@ -111,6 +111,9 @@ def draw(
         labels = torch.full((n,), int(label), device=device)
     else:
         labels = torch.arange(n, device=device) % classes if classes else None
+    if isinstance(run.model, InsDelModel):
+        _continuous_only(guide, shared, limit)
+        return _draw_insdel(run, n, generator, labels, guide, top_p, known, progress)
     if isinstance(run.model, (DiscreteModel, AutoregressiveModel)):
         _continuous_only(guide, shared, limit)
         options = {"top_p": top_p, "known": known, "progress": progress}
@@ -142,6 +145,22 @@ def _continuous_only(guide: Guide, shared, limit) -> None:
     for what, asked in unsupported.items():
         if asked:
             raise ValueError(f"{what} is for continuous models; this run is a discrete process")
+
+
+def _draw_insdel(run, n, generator, labels, guide, top_p, known, progress) -> Drawn:
+    """``draw`` for an insertion/deletion model: ancestral sampling from the empty sequence,
+    the samples as rows padded with -1 to the model's maximum length."""
+    unsupported = {
+        "classifier-free guidance": guidance.check_scale(guide.scale) != 1.0,
+        "top_p": top_p != 1.0,
+        "known tokens (--prefix / --suffix)": known is not None,
+    }
+    for what, asked in unsupported.items():
+        if asked:
+            raise ValueError(f"{what} is not built for insertion/deletion models")
+    cond = {"labels": labels} if run.classes else {}
+    out = run.model.sample(n, generator=generator, progress=progress, **cond)
+    return Drawn(out.padded(run.model.max_length), labels, out.nfe)
 
 
 def _draw_discrete(run, n, sampler, steps, generator, labels, guide, options) -> Drawn:

@@ -28,6 +28,8 @@ from rediff.discrete import (
     AutoregressiveObjective,
     DiscreteModel,
     DiscreteObjective,
+    InsDelModel,
+    InsDelObjective,
     MaskedObjective,
 )
 from rediff.model import NULL_LABEL
@@ -84,6 +86,8 @@ def build_objective(
         return MaskedObjective(c.mask_draws)
     if c.kind is losses.Loss.AUTOREGRESSIVE:
         return AutoregressiveObjective()
+    if c.kind is losses.Loss.INSDEL:
+        return InsDelObjective()
     if config.schedule.discrete:
         return DiscreteObjective(c.kind, c.ce_weight)
     return losses.Objective(
@@ -283,8 +287,8 @@ class Session:
     def forward_process(self):
         """The model's forward process: its Schedule, its discrete or masked process, or
         None (autoregressive)."""
-        discrete_model = isinstance(self.model, (DiscreteModel, AutoregressiveModel))
-        return self.model.process if discrete_model else self.model.schedule
+        over_tokens = isinstance(self.model, (DiscreteModel, AutoregressiveModel, InsDelModel))
+        return self.model.process if over_tokens else self.model.schedule
 
     def train_step(self) -> Tensor:
         """One optimizer step on the next global batch; returns this process's loss."""

@@ -128,6 +128,8 @@ class DataKind:
         suffix: the file type ``picture`` writes (training's samples/step_*, the default
             ``rediff sample --out``).
         default_n: how many samples ``rediff eval`` scores by default, given the data.
+        variable_length: whether the sequences vary in length (rows [N, L] padded with -1
+            after each end; only an insertion/deletion model takes them).
     """
 
     name: str
@@ -138,6 +140,7 @@ class DataKind:
     picture: Callable[..., None] = _picture
     suffix: str = ".png"
     default_n: Callable[[Dataset], int] = lambda data: min(data.x.shape[0] // 2, 5000)
+    variable_length: bool = False
     doc: str = field(default="", compare=False)
 
     @classmethod
