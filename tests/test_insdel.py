@@ -421,8 +421,10 @@ def test_samples_beyond_the_maximum_length_are_an_error():
     with torch.no_grad():  # make the untrained net predict many deletions at the empty sequence
         model.net.out.bias[2 + 1 :].zero_()
         model.net.out.bias[-1] = 50.0  # the tail of the count head
-    with pytest.raises(LengthError, match="beyond the maximum length 1"):
+    with pytest.raises(LengthError, match="beyond the model's maximum length 1"):
         model.sample(4, generator=torch.Generator().manual_seed(0), progress=False)
+    out = model.sample(4, overflow="drop", progress=False)
+    assert out.sequences == [] and out.kept == () and out.dropped == 4
 
 
 def test_geometric_entropy_closed_form():

@@ -88,6 +88,7 @@ def test_bad_insdel_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["sample", str(run), "--prefix", "3,"], "known tokens (--prefix / --suffix) is not built"),
         (["sample", str(run), "--sampler", "cached"], "sampler 'ancestral', not 'cached'"),
         (["sample", str(run), "--top-p", "0.5"], "top_p is not built"),
+        (["sample", str(run), "--overflow", "maybe"], "unknown overflow 'maybe'"),
         (["train", config, "--set", "schedule.insert=-1.0"], "schedule.insert = -1.0 must be >= 0"),
         (["train", config, "--set", "schedule.replace=1.5"], "schedule.replace = 1.5"),
         (["train", config, "--set", "schedule.T=2"], "schedule.T must be >= 4"),

@@ -3,7 +3,7 @@
 rediff [--debug] demo [--out DIR] [--seed S] [--no-train]
 rediff [--debug] train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
 rediff [--debug] sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE] [--seed S]
-                      [--prefix TEXT] [--suffix TEXT] [--top-p P]
+                      [--prefix TEXT] [--suffix TEXT] [--top-p P] [--overflow error|drop]
                       [--class K] [--guidance-scale W] [--classifier RUN_DIR]
                       [--share-noise-until K] [--groups G] [--clip-x0] [--dynamic-threshold P]
                       [--device auto|cpu|cuda] [--precision fp32|bf16] [--channels-last] [--compile]
@@ -150,6 +150,12 @@ def _add_sample(sub) -> None:
         default=1.0,
         help="models of tokens: nucleus sampling, keep the most probable tokens up to this "
         "mass (1: off, 0: greedy)",
+    )
+    sample.add_argument(
+        "--overflow",
+        default="error",
+        help="insertion/deletion runs: what to do with a sample that outgrows the maximum "
+        "length: error (default) or drop (leave it out; fewer samples come back)",
     )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument(

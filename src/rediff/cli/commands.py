@@ -164,6 +164,7 @@ def sample(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         known=known,
         progress=True,
+        overflow=args.overflow,
     )
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     if out.suffix.lower() == ".npz":
@@ -180,7 +181,9 @@ def sample(args: argparse.Namespace) -> int:
         _picture(run, drawn, out, args, shared)
     if out.suffix.lower() == ".txt":
         print(out.read_text(encoding="utf-8"))
-    print(f"wrote {n} samples ({drawn.nfe} evaluations) to {out}")
+    dropped = n - drawn.x.shape[0]
+    left_out = f"; {dropped} outgrew the maximum length and were left out" if dropped else ""
+    print(f"wrote {drawn.x.shape[0]} samples ({drawn.nfe} evaluations) to {out}{left_out}")
     return 0
 
 

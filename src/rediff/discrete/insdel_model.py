@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rediff._choices import Choice
 from rediff._tensor import Tensor
 from rediff.discrete.insdel import InsDelProcess, Sequence
 from rediff.nets.categorical import Transformer
@@ -73,6 +74,14 @@ def rngs(generator: torch.Generator | None, n: int) -> list[np.random.Generator]
 
 class LengthError(ValueError):
     """A sample grew beyond the model's maximum length."""
+
+
+class Overflow(Choice, noun="overflow"):
+    """What sampling does with a sequence that outgrows the maximum length: raise a
+    LengthError, or leave that sample out (and count it)."""
+
+    ERROR = "error"
+    DROP = "drop"
 
 
 def _outputs(categories: int, max_length: int) -> int:
@@ -219,8 +228,7 @@ class InsDelModel(nn.Module):
     def reverse_step(
         self, xs: list[Sequence], t: int, generator: torch.Generator | None = None, **cond: Any
     ) -> list[Sequence]:
-        """x_{t-1} ~ p(x_{t-1} | x_t) for each x_t in ``xs`` (one net evaluation); a
-        LengthError if one would exceed ``max_length``."""
+        """x_{t-1} ~ p(x_{t-1} | x_t) for each x_t in ``xs`` (one net evaluation)."""
         C = self.max_length + 1
         previous, deleted, _tokens = self.heads(xs, torch.tensor(t), **cond)
         prev = _draw(previous, generator)
@@ -239,12 +247,6 @@ class InsDelModel(nn.Module):
                 y.extend([self.process.del_token] * int(counts[i, j]))
                 if j < len(x):
                     y.append(int(prev[i, j]))
-            if len(y) > self.max_length:
-                raise LengthError(
-                    f"a sample grew to {len(y)} tokens at step {t - 1}, beyond the maximum "
-                    f"length {self.max_length} (data.length): raise it, or train the model "
-                    "longer (an untrained model predicts too many deletions)"
-                )
             out.append(np.asarray(y, dtype=np.int64))
         return out
 
@@ -255,13 +257,35 @@ class InsDelModel(nn.Module):
         *,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        overflow: Overflow | str = Overflow.ERROR,
         **cond: Any,
     ) -> InsDelSamples:
-        """n sequences by ancestral sampling from the empty x_T (T net evaluations)."""
-        xs = [np.zeros(0, dtype=np.int64) for _ in range(n)]
+        """n sequences by ancestral sampling from the empty x_T (T net evaluations). A
+        sequence longer than ``max_length`` at any step raises a LengthError (``overflow =
+        "error"``) or is left out of the result (``"drop"``: ``InsDelSamples.dropped``
+        counts them); per-sample conditioning tensors in ``cond`` follow the samples kept."""
+        overflow = Overflow.parse(overflow)
+        xs, kept = [np.zeros(0, dtype=np.int64) for _ in range(n)], list(range(n))
         for t in tqdm(range(self.process.num_steps, 0, -1), desc="insdel", disable=not progress):
+            if not xs:  # every sample dropped
+                break
             xs = self.reverse_step(xs, t, generator, **cond)
-        return InsDelSamples(xs, self.process.num_steps)
+            within = [len(x) <= self.max_length for x in xs]
+            if all(within):
+                continue
+            if overflow is Overflow.ERROR:
+                longest = max(len(x) for x in xs)
+                raise LengthError(
+                    f"a sample grew to {longest} tokens at step {t - 1}, beyond the model's "
+                    f"maximum length {self.max_length} (2 x data.length in a run): train the "
+                    "model longer, or leave such samples out (overflow = 'drop', rediff "
+                    "sample --overflow drop)"
+                )
+            keep = torch.tensor(within)
+            xs = [x for x, ok in zip(xs, within, strict=True) if ok]
+            kept = [i for i, ok in zip(kept, within, strict=True) if ok]
+            cond = {k: v[keep.to(v.device)] for k, v in cond.items()}
+        return InsDelSamples(xs, self.process.num_steps, tuple(kept), n - len(xs))
 
 
 #: the one way an insertion/deletion model samples (ancestral, all T steps from the empty
@@ -289,10 +313,14 @@ def _draw(log_probs: Tensor, generator: torch.Generator | None) -> Tensor:
 
 @dataclass(frozen=True)
 class InsDelSamples:
-    """Generated sequences (each its own length) and the net evaluations per sample."""
+    """Generated sequences (each its own length), the net evaluations per sample, which of
+    the samples asked for they are (``kept``), and how many were left out for outgrowing
+    the maximum length (``overflow = "drop"``)."""
 
     sequences: list[Sequence]
     nfe: int
+    kept: tuple[int, ...]
+    dropped: int = 0
 
     def padded(self, length: int) -> Tensor:
         return padded(self.sequences, length)
@@ -382,6 +410,7 @@ __all__ = [
     "InsDelObjective",
     "InsDelSamples",
     "LengthError",
+    "Overflow",
     "bits_per_token",
     "elbo",
     "initial_bias",

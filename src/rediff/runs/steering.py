@@ -13,6 +13,7 @@ import torch
 from rediff import discrete, guidance, samplers
 from rediff._tensor import Tensor
 from rediff.discrete import AutoregressiveModel, DiscreteModel, InsDelModel
+from rediff.discrete.insdel_model import Overflow
 from rediff.model import Conditioned, Denoiser, NoisyClassifier
 from rediff.noise import SharedNoise
 from rediff.runs.run import Run
@@ -96,13 +97,16 @@ def draw(
     top_p: float = 1.0,
     known: Tensor | None = None,
     progress: bool = False,
+    overflow: Overflow | str = Overflow.ERROR,
 ) -> Drawn:
     """n samples from ``run``'s model (on its device). A conditional (or classifier-guided)
     model draws class ``label`` for every sample, or without one the classes 0, 1, ... in
     turn (never the null label, which a model trained without label dropout never saw);
     ``guide`` steers, ``shared`` shares noise within groups, ``limit`` wraps the denoiser
     (``rediff.thresholding``). Models over categories: ``top_p`` (nucleus; 0 greedy) and
-    ``known`` tokens to keep (-1 where free: infilling, or an autoregressive prefix)."""
+    ``known`` tokens to keep (-1 where free: infilling, or an autoregressive prefix).
+    Insertion/deletion models: ``overflow`` (error, or drop the samples that outgrow the
+    maximum length: fewer than n come back)."""
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     device = next(run.model.parameters()).device
@@ -111,9 +115,15 @@ def draw(
         labels = torch.full((n,), int(label), device=device)
     else:
         labels = torch.arange(n, device=device) % classes if classes else None
+    overflow = Overflow.parse(overflow)
+    if overflow is not Overflow.ERROR and not isinstance(run.model, InsDelModel):
+        raise ValueError(
+            "overflow = 'drop' is for insertion/deletion models (schedule.kind = 'insdel')"
+        )
     if isinstance(run.model, InsDelModel):
         _continuous_only(guide, shared, limit)
-        return _draw_insdel(run, n, generator, labels, guide, top_p, known, progress)
+        options = {"top_p": top_p, "known": known, "progress": progress, "overflow": overflow}
+        return _draw_insdel(run, n, generator, labels, guide, options)
     if isinstance(run.model, (DiscreteModel, AutoregressiveModel)):
         _continuous_only(guide, shared, limit)
         options = {"top_p": top_p, "known": known, "progress": progress}
@@ -147,20 +157,23 @@ def _continuous_only(guide: Guide, shared, limit) -> None:
             raise ValueError(f"{what} is for continuous models; this run is a discrete process")
 
 
-def _draw_insdel(run, n, generator, labels, guide, top_p, known, progress) -> Drawn:
+def _draw_insdel(run, n, generator, labels, guide, options) -> Drawn:
     """``draw`` for an insertion/deletion model: ancestral sampling from the empty sequence,
     the samples as rows padded with -1 to the model's maximum length."""
     unsupported = {
         "classifier-free guidance": guidance.check_scale(guide.scale) != 1.0,
-        "top_p": top_p != 1.0,
-        "known tokens (--prefix / --suffix)": known is not None,
+        "top_p": options["top_p"] != 1.0,
+        "known tokens (--prefix / --suffix)": options["known"] is not None,
     }
     for what, asked in unsupported.items():
         if asked:
             raise ValueError(f"{what} is not built for insertion/deletion models")
     cond = {"labels": labels} if run.classes else {}
-    out = run.model.sample(n, generator=generator, progress=progress, **cond)
-    return Drawn(out.padded(run.model.max_length), labels, out.nfe)
+    out = run.model.sample(
+        n, generator=generator, progress=options["progress"], overflow=options["overflow"], **cond
+    )
+    kept = None if labels is None else labels[torch.tensor(out.kept, device=labels.device)]
+    return Drawn(out.padded(run.model.max_length), kept, out.nfe)
 
 
 def _draw_discrete(run, n, sampler, steps, generator, labels, guide, options) -> Drawn:
