@@ -25,6 +25,7 @@ training set, and how many distinct lengths they have.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import time
 from datetime import date
@@ -132,6 +133,21 @@ def sample_scores(run, tokenizer, known: set[str]):
     return valid, new, len({len(t) for t in texts}), SAMPLES - len(texts), seconds, texts
 
 
+def verdict(measured: dict[str, tuple[float, float, float]]) -> str:
+    """Where insertion/deletion stands against each peer, in the measured numbers."""
+    bits, se, valid = measured["insertion/deletion"]
+    parts = []
+    for peer in ("masked diffusion (MDLM)", "autoregressive"):
+        b, s, v = measured[peer]
+        gap, z = bits - b, (bits - b) / math.hypot(se, s)
+        side = "beats" if gap < 0 and z < -2 else ("loses to" if gap > 0 and z > 2 else "ties")
+        parts.append(
+            f"it {side} {peer} on the bound ({gap:+.3f} bits/token, {z:+.1f} standard errors) "
+            f"and has {valid:.3f} valid samples against {v:.3f}"
+        )
+    return "Insertion/deletion at this budget: " + "; ".join(parts) + "."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3000)
@@ -144,7 +160,7 @@ def main() -> None:
     known = {tokenizer.decode(torch.as_tensor(row)) for row in sequences(train_x)}
     tokens_plus_end = float(((held_x >= 0).sum(1) + 1).double().mean())
     runs = train_all(root, args.steps, models(paths, tokenizer.size + 1))
-    rows, pages = [], {}
+    rows, pages, measured = [], {}, {}
     for name, (path, seconds) in runs.items():
         run = load_run(path)
         params = sum(p.numel() for p in run.model.parameters())
@@ -157,6 +173,7 @@ def main() -> None:
             scale = PADDED / tokens_plus_end  # bits per padded position -> per token (+ end)
         valid, new, lengths, dropped, sample_seconds, texts = sample_scores(run, tokenizer, known)
         pages[name] = texts[:12]
+        measured[name] = (nll.mean * scale, nll.se * scale, valid)
         rows.append(
             f"| {name} | {nll.method} | {nll.mean * scale:.3f} | {nll.se * scale:.3f} | "
             f"{valid:.3f} | {new:.3f} | {lengths} | {dropped} | {params / 1e6:.2f} M | {seconds:.0f} | "
@@ -195,6 +212,8 @@ def main() -> None:
         "distinct lengths | too long | parameters | training s | sample s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        verdict(measured),
         "",
         "## Samples (the first 12 of each)",
         "",
