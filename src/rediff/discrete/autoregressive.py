@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from rediff._tensor import Tensor, bits_per_dim
 from rediff.discrete.masked import token_nll
 from rediff.discrete.process import categorical, check_categories
-from rediff.discrete.sampling import DiscreteSamples, check_top_p, nucleus
+from rediff.discrete.sampling import DiscreteSamples, OneSampler, check_top_p, nucleus
 
 
 class AutoregressiveModel(nn.Module):
@@ -96,20 +96,10 @@ class AutoregressiveModel(nn.Module):
         return known
 
 
-#: the one way an autoregressive model samples (token by token), as a registry like the
-#: diffusion samplers'
-REGISTRY = {"autoregressive": AutoregressiveModel.sample}
-DEFAULT = "autoregressive"
-
-
-def get(name: str):
-    """The sampler called ``name`` (only ``autoregressive``), or a ValueError."""
-    if name not in REGISTRY:
-        raise ValueError(
-            f"an autoregressive model samples token by token: sampler 'autoregressive', not "
-            f"{name!r}"
-        )
-    return REGISTRY[name]
+#: the one way an autoregressive model samples (token by token), as a sampler registry
+SAMPLERS = OneSampler(
+    "autoregressive", AutoregressiveModel.sample, "an autoregressive model samples token by token"
+)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from rediff._choices import Choice
 from rediff._tensor import Tensor
 from rediff.discrete.insdel import InsDelProcess, Sequence
+from rediff.discrete.sampling import OneSampler
 from rediff.nets.categorical import Transformer
 
 PADDING = -1  # how a data tensor [N, L] pads sequences shorter than L
@@ -289,19 +290,12 @@ class InsDelModel(nn.Module):
 
 
 #: the one way an insertion/deletion model samples (ancestral, all T steps from the empty
-#: sequence), as a registry like the diffusion samplers'
-REGISTRY = {"ancestral": InsDelModel.sample}
-DEFAULT = "ancestral"
-
-
-def get(name: str):
-    """The sampler called ``name`` (only ``ancestral``), or a ValueError."""
-    if name not in REGISTRY:
-        raise ValueError(
-            f"an insertion/deletion model samples ancestrally from the empty sequence: "
-            f"sampler 'ancestral', not {name!r}"
-        )
-    return REGISTRY[name]
+#: sequence), as a sampler registry
+SAMPLERS = OneSampler(
+    "ancestral",
+    InsDelModel.sample,
+    "an insertion/deletion model samples ancestrally from the empty sequence",
+)
 
 
 def _draw(log_probs: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -192,6 +192,22 @@ class DiscreteSamples:
     per_sample: float = 0.0
 
 
+@dataclass(frozen=True)
+class OneSampler:
+    """The sampler registry of a model family that samples one way only (the autoregressive
+    baseline, insertion/deletion), with the ``get(name)`` and ``DEFAULT`` of the others;
+    ``how`` says what that way is, in the error for any other name."""
+
+    DEFAULT: str
+    function: Callable[..., Any]
+    how: str
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name != self.DEFAULT:
+            raise ValueError(f"{self.how}: sampler {self.DEFAULT!r}, not {name!r}")
+        return self.function
+
+
 def get(name: str) -> Callable[..., Tensor]:
     """The discrete sampler called ``name``, or a ValueError listing them."""
     if name not in REGISTRY:

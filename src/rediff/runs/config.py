@@ -358,13 +358,13 @@ class Config:
 
 def sampler_registry(config: Config):
     """The samplers a run of ``config`` draws with: ``rediff.samplers``, for a discrete or
-    masked process ``rediff.discrete.sampling``, for the autoregressive baseline
-    ``rediff.discrete.autoregressive``, for insertion/deletion
-    ``rediff.discrete.insdel_model`` (each has ``get(name)`` and a ``DEFAULT``)."""
+    masked process ``rediff.discrete.sampling``, for the autoregressive baseline and
+    insertion/deletion the ``SAMPLERS`` of ``rediff.discrete.autoregressive`` and
+    ``insdel_model`` (each has ``get(name)`` and a ``DEFAULT``)."""
     if config.schedule.kind is ScheduleKind.NONE:
-        return discrete.autoregressive
+        return discrete.autoregressive.SAMPLERS
     if config.schedule.kind is ScheduleKind.INSDEL:
-        return discrete.insdel_model
+        return discrete.insdel_model.SAMPLERS
     return discrete.sampling if config.schedule.discrete else samplers
 
 

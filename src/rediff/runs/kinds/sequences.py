@@ -28,6 +28,7 @@ from rediff.data.text import Tokenizer, TokenizerKind, pydoc_corpus, read_text
 from rediff.discrete.insdel_model import padded, sequences
 from rediff.metrics import Score
 from rediff.runs.kinds.base import DataConfig, DataKind, Dataset, register
+from rediff.runs.kinds.text import text_header
 
 
 def _dataset(texts: list[str], tokenizer: Tokenizer, length: int) -> Dataset:
@@ -89,8 +90,8 @@ def write_lines(
 ) -> None:
     """Samples [n, L] (-1 after each end) as text, one per line, under a title and caption;
     an empty sample shows as an empty line."""
-    head = [f"# {title}", f"# {caption}" if caption else "#", ""]
-    Path(path).write_text("\n".join(head + _texts(samples, tokenizer)) + "\n", encoding="utf-8")
+    lines = text_header(title, caption) + _texts(samples, tokenizer)
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _check_byte(config: DataConfig) -> None:

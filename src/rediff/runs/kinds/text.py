@@ -30,6 +30,11 @@ def _split(config: DataConfig, part: int) -> Dataset:
     )
 
 
+def text_header(title: str, caption: str) -> list[str]:
+    """The first lines of a text file of samples: its title, its caption, a blank line."""
+    return [f"# {title}", f"# {caption}" if caption else "#", ""]
+
+
 def write_text(
     samples: Tensor,
     path: Path,
@@ -41,7 +46,7 @@ def write_text(
     cols: int | None = None,
 ) -> None:
     """Token samples [n, L] decoded, one block per sample, under a title and caption."""
-    lines = [f"# {title}", f"# {caption}" if caption else "#", ""]
+    lines = text_header(title, caption)
     for i, row in enumerate(samples):
         label = "" if labels is None else f" (class {int(labels[i])})"
         lines += [f"=== sample {i + 1}{label} ===", tokenizer.decode(row), ""]
