@@ -109,3 +109,25 @@ def test_bad_insdel_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert sorted(p.name for p in run.iterdir()) == before
         assert not (tmp_path / "new").exists(), args
+
+
+def test_samples_that_outgrow_the_maximum_are_dropped_or_refused(tmp_path):
+    import torch
+
+    from rediff.discrete.insdel_model import LengthError
+    from rediff.runs import draw, load_run
+
+    run_dir = tmp_path / "run"
+    assert (
+        run_cli(
+            "train", "configs/seq_insdel.toml", "--run-dir", str(run_dir), *_sets("train.steps=1")
+        )
+        == 0
+    )
+    run = load_run(run_dir)
+    with torch.no_grad():  # every deletion count in the tail: each sample overflows at once
+        run.model.net.out.bias[-1] = 100.0
+    with pytest.raises(LengthError, match="overflow = 'drop'"):
+        draw(run, 3, sampler="ancestral", steps=1, generator=None)
+    dropped = draw(run, 3, sampler="ancestral", steps=1, generator=None, overflow="drop")
+    assert dropped.x.shape[0] == 0

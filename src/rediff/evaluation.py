@@ -127,9 +127,15 @@ def evaluate_run(
             steps=steps,
             generator=torch.Generator().manual_seed(seed),
             guide=guide,
+            overflow="drop",
         )
         scores = score(drawn.x, drawn.labels, reference, seed)
         how = f"{n} samples, sampler {sampler}, {steps} steps ({drawn.nfe} evaluations)"
+        if drawn.x.shape[0] < n:
+            how += (
+                f"; {n - drawn.x.shape[0]} outgrew the maximum length and were left out (the "
+                "scores are over the others)"
+            )
         if drawn.labels is not None:
             how += f", class-balanced labels, guidance scale {guide.scale:g}"
             how += " with a classifier" if guide.classifier is not None else ""

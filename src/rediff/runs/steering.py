@@ -105,8 +105,8 @@ def draw(
     ``guide`` steers, ``shared`` shares noise within groups, ``limit`` wraps the denoiser
     (``rediff.thresholding``). Models over categories: ``top_p`` (nucleus; 0 greedy) and
     ``known`` tokens to keep (-1 where free: infilling, or an autoregressive prefix).
-    Insertion/deletion models: ``overflow`` (error, or drop the samples that outgrow the
-    maximum length: fewer than n come back)."""
+    ``overflow``: what to do with a sample that outgrows the maximum length (only
+    insertion/deletion models' samples can): error, or drop it (fewer than n come back)."""
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     device = next(run.model.parameters()).device
@@ -116,10 +116,6 @@ def draw(
     else:
         labels = torch.arange(n, device=device) % classes if classes else None
     overflow = Overflow.parse(overflow)
-    if overflow is not Overflow.ERROR and not isinstance(run.model, InsDelModel):
-        raise ValueError(
-            "overflow = 'drop' is for insertion/deletion models (schedule.kind = 'insdel')"
-        )
     if isinstance(run.model, InsDelModel):
         _continuous_only(guide, shared, limit)
         options = {"top_p": top_p, "known": known, "progress": progress, "overflow": overflow}

@@ -347,13 +347,16 @@ class Session:
         run = Run(self.run, self.config, self.spec, self.ema.model)
         n = min(s.n, 100) if len(self.spec.shape) == 3 else s.n
         generator = torch.Generator().manual_seed(self.config.seed)
-        drawn = draw(run, n, sampler=s.sampler, steps=s.steps, generator=generator)
+        options = {"generator": generator, "overflow": "drop"}  # a grid never stops training
+        drawn = draw(run, n, sampler=s.sampler, steps=s.steps, **options)
         in_run(self.run, "samples").mkdir(exist_ok=True)
         path = in_run(self.run, "samples", f"step_{self.step:07d}{self.spec.kind.suffix}")
         caption = (
             f"{n} samples of the EMA model after {self.step} training steps, drawn by "
             f"{s.sampler} with {drawn.nfe} evaluations from the same seed at every step"
         )
+        if drawn.x.shape[0] < n:
+            caption += f" ({n - drawn.x.shape[0]} outgrew the maximum length and are left out)"
         title = f"step {self.step}"
         picture = self.spec.kind.picture
         atomic_write(
