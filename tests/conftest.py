@@ -20,6 +20,7 @@ SCHEDULES = {
     "subvp": lambda: schedules.SubVP(beta_min=0.1, beta_max=20.0),
     "ve": lambda: schedules.VE(sigma_min=0.01, sigma_max=50.0),
     "edm": lambda: schedules.EDM(sigma_min=0.002, sigma_max=80.0),
+    "flow": lambda: schedules.FlowMatching(),
 }
 
 
@@ -73,6 +74,7 @@ def target_definitions(x0, eps, x_t, alpha, sigma, sigma_data):
         Target.SCORE: -eps / s,  # grad_x log N(x; a x0, s^2 I) = -(x - a x0) / s^2
         Target.V: a * eps - s * x0,  # Salimans & Ho (2022)
         Target.EDM: (x0 - c_skip * x_t / a) / c_out,  # Karras et al. (2022), eq. 7
+        Target.VELOCITY: eps - x0,  # flow matching's conditional velocity (Lipman et al. 2023)
     }
 
 

@@ -23,7 +23,7 @@ def _transport_error(mix, schedule, x, result):
     return float((transported - truth).abs().max()) / result.dims
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ddpm-linear", "ve", "edm"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ddpm-linear", "ve", "edm", "flow"])
 def test_gaussian_likelihood_matches_closed_form(name):
     schedule = SCHEDULES[name]()
     mix = gaussian_data()

@@ -24,6 +24,7 @@ ODE_SCHEDULES = {
     "ddpm": schedules.DiscreteVP.linear(1000),
     "edm": schedules.EDM(),
     "ve": schedules.VE(),
+    "flow": schedules.FlowMatching(),
 }
 
 
@@ -233,6 +234,7 @@ STOCHASTIC_SCHEDULES = {
     "vp": schedules.LinearVP(),
     "ve": schedules.VE(),
     "edm": schedules.EDM(),
+    "flow": schedules.FlowMatching(),
 }
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import SCHEDULES, interior_times
 
 from rediff import schedules
-from rediff.schedules import EDM, VE, DiscreteVP, LinearVP, SubVP
+from rediff.schedules import EDM, VE, DiscreteVP, FlowMatching, LinearVP, SubVP
 
 F64 = torch.float64
 
@@ -129,6 +129,9 @@ def test_alpha_sigma_relations(schedule):
         B = schedule.beta_min * t + 0.5 * (schedule.beta_max - schedule.beta_min) * t**2
         np.testing.assert_allclose(sigma.numpy(), (-torch.expm1(-B)).numpy(), rtol=1e-12)
         np.testing.assert_allclose(alpha.numpy(), torch.exp(-B / 2).numpy(), rtol=1e-14)
+    elif isinstance(schedule, FlowMatching):  # the straight path: alpha + sigma = 1
+        np.testing.assert_allclose((alpha + sigma).numpy(), 1.0, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(sigma[t > 0].numpy(), t[t > 0].numpy(), rtol=1e-15)
     else:
         assert (alpha == 1).all()
     np.testing.assert_allclose(schedule.noise_level(t).numpy(), (sigma / alpha).numpy(), rtol=1e-13)
@@ -319,4 +322,5 @@ def test_shape_errors_name_the_problem(schedule):
 
 
 def test_public_names():
-    assert set(schedules.__all__) == {"DiscreteVP", "LinearVP", "SubVP", "VE", "EDM", "Schedule"}
+    names = {"DiscreteVP", "LinearVP", "SubVP", "VE", "EDM", "FlowMatching", "Schedule"}
+    assert set(schedules.__all__) == names

@@ -48,11 +48,14 @@ class Weighting(Choice):
 
 class TimeSampler(Choice):
     """How training times are drawn: DDPM's uniform integer steps (DiscreteVP), uniform t in
-    [t_min, t_max], or EDM's log-normal noise level ln s ~ N(p_mean, p_std^2)."""
+    [t_min, t_max], EDM's log-normal noise level ln s ~ N(p_mean, p_std^2), or SD3's
+    logit-normal times logit(t) ~ N(0, 1) (Esser et al. 2024, eq. 19: more weight on the
+    middle of the path; flow matching)."""
 
     STEPS = "steps"
     UNIFORM = "uniform"
     LOGNORMAL = "lognormal"
+    LOGIT_NORMAL = "logit_normal"
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def check_time_sampler(schedule: Schedule, sampler: TimeSampler | str) -> TimeSa
     if sampler is TimeSampler.STEPS and not isinstance(schedule, DiscreteVP):
         raise ValueError(
             f"time sampler 'steps' draws DDPM's integer steps and needs a DiscreteVP, got "
-            f"{type(schedule).__name__}; use 'uniform' or 'lognormal'"
+            f"{type(schedule).__name__}; use 'uniform', 'lognormal' or 'logit_normal'"
         )
     return sampler
 
@@ -93,6 +96,8 @@ def sample_times(
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(device)
     z = torch.randn(n, generator=generator, dtype=torch.float64)
+    if sampler is TimeSampler.LOGIT_NORMAL:
+        return torch.sigmoid(z).clamp(schedule.t_min, schedule.t_max).to(device)
     level = torch.exp(lognormal.p_mean + lognormal.p_std * z)
     lo, hi = schedule.noise_level(schedule.t_min), schedule.noise_level(schedule.t_max)
     return schedule.t_from_noise_level(level.clamp(float(lo), float(hi))).to(device)

@@ -11,8 +11,11 @@ With x_t = alpha x0 + sigma eps, every target is affine in (x_t, x0):
 | `score` | grad log q(x_t) = -eps / sigma      | -1 / sigma^2            | alpha / sigma^2       |
 | `v`     | alpha eps - sigma x0                | alpha / sigma           | -(a^2 + s^2) / sigma  |
 | `edm`   | F, x0 = c_skip x_t/alpha + c_out F  | -c_skip / (alpha c_out) | 1 / c_out             |
+| `velocity` | eps - x0                         | 1 / sigma               | -(a + s) / sigma      |
 
-(v: Salimans & Ho 2022, with a = alpha, s = sigma; score: Tweedie's formula.)
+(v: Salimans & Ho 2022, with a = alpha, s = sigma; score: Tweedie's formula; velocity: the
+conditional velocity d x_t / dt of flow matching's path alpha = 1 - t, sigma = t, Lipman et
+al. 2023.)
 
 EDM's preconditioning (Karras et al. 2022, eq. 7 and table 1) is written in the noise level
 s = sigma / alpha and the scaled input x_t / alpha: c_skip = sd^2 / (s^2 + sd^2),
@@ -43,6 +46,9 @@ class Target(Choice, noun="prediction target"):
     SCORE = "score"
     V = "v"
     EDM = "edm"
+    # eps - x0: the conditional velocity of flow matching's straight path (Lipman et al.
+    # 2023); for any (alpha, sigma) a target like the others
+    VELOCITY = "velocity"
 
 
 def _edm_scalings(alpha: Tensor, sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor]:
@@ -67,6 +73,7 @@ _TABLE: dict[Target, _Coefficients] = {
     Target.SCORE: lambda alpha, sigma, _: (-1.0 / sigma.square(), alpha / sigma.square()),
     Target.V: lambda alpha, sigma, _: (alpha / sigma, -(alpha.square() + sigma.square()) / sigma),
     Target.EDM: _edm_coefficients,
+    Target.VELOCITY: lambda alpha, sigma, _: (1.0 / sigma, -(alpha + sigma) / sigma),
 }
 
 

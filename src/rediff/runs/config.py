@@ -42,6 +42,8 @@ class ScheduleKind(Choice, noun="schedule.kind"):
     SUBVP = "subvp"
     VE = "ve"
     EDM = "edm"
+    # flow matching / rectified flow: alpha = 1 - t, sigma = t
+    FLOW = "flow"
     # discrete-state processes (rediff.discrete, D3PM): the model predicts categories
     D3PM_UNIFORM = "d3pm_uniform"
     D3PM_ABSORBING = "d3pm_absorbing"
@@ -108,6 +110,7 @@ def _constructor(kind: ScheduleKind, betas: Betas | None) -> Callable[..., Any]:
         ScheduleKind.SUBVP: schedules.SubVP,
         ScheduleKind.VE: schedules.VE,
         ScheduleKind.EDM: schedules.EDM,
+        ScheduleKind.FLOW: schedules.FlowMatching,
     }[kind]
 
 
@@ -120,7 +123,7 @@ def schedule_parameters(kind: ScheduleKind, betas: Betas | None) -> tuple[str, .
         return ("T", *linear, *(("bands",) if kind is ScheduleKind.D3PM_BANDED else ()))
     if kind is ScheduleKind.MASKED:
         return ("masking", "exponent", "eps")
-    if kind is ScheduleKind.NONE:
+    if kind in (ScheduleKind.NONE, ScheduleKind.FLOW):
         return ()
     sigmas = kind in (ScheduleKind.VE, ScheduleKind.EDM)
     return ("sigma_min", "sigma_max") if sigmas else ("beta_min", "beta_max")
