@@ -5,6 +5,7 @@ sched = schedules.DiscreteVP.linear(1000, beta_start=1e-4, beta_end=0.02)
 den = data.eight_gaussians_mixture().denoiser(sched)     # the exact x0_hat
 model = rediff.DiffusionModel(net, sched, target="eps")  # a network as a Denoiser
 process = rediff.discrete.DiscreteProcess.make("absorbing", categories=17)  # D3PM
+model = rediff.interop.load_diffusers("ddpm-folder")    # a diffusers folder, offline
 """
 
 from rediff import (
@@ -12,6 +13,7 @@ from rediff import (
     discrete,
     grids,
     guidance,
+    interop,
     metrics,
     parametrization,
     samplers,
@@ -54,6 +56,7 @@ __all__ = [
     "encode",
     "grids",
     "guidance",
+    "interop",
     "log_likelihood",
     "metrics",
     "parametrization",

@@ -1,0 +1,131 @@
+"""diffusers folders read by rediff (offline, small models built here): the schedules equal
+diffusers' own, the loaded UNet predicts what diffusers' does, and bad folders are refused
+with one clear error each."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import diffusers
+import pytest
+import torch
+
+from rediff import interop
+from rediff.model import TimeInput
+from rediff.parametrization import Target
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"beta_schedule": "linear"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "sigmoid"},
+        {"trained_betas": torch.linspace(1e-3, 0.05, 1000).tolist()},
+    ],
+    ids=["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "trained_betas"],
+)
+def test_alpha_bar_equals_diffusers(settings):
+    reference = diffusers.DDPMScheduler(num_train_timesteps=1000, **settings)
+    schedule = interop.schedule(dict(reference.config))
+    k = torch.arange(1, 1001, dtype=F64)
+    alpha_bar = schedule.alpha(k / 1000).square()
+    # diffusers keeps its tables in float32: agreement to float32's precision
+    torch.testing.assert_close(alpha_bar, reference.alphas_cumprod.double(), rtol=2e-6, atol=1e-9)
+
+
+def test_zero_terminal_snr_equals_diffusers_but_its_last_step_is_reported():
+    reference = diffusers.DDPMScheduler(rescale_betas_zero_snr=True, beta_schedule="scaled_linear")
+    with pytest.warns(UserWarning, match="infinite noise level"):
+        schedule = interop.schedule(dict(reference.config))
+    alpha_bar = schedule.alpha(torch.arange(1, 1001, dtype=F64) / 1000).square()
+    torch.testing.assert_close(
+        alpha_bar[:-1], reference.alphas_cumprod[:-1].double(), rtol=2e-5, atol=1e-8
+    )
+    assert float(reference.alphas_cumprod[-1]) == 0.0 and float(alpha_bar[-1]) == pytest.approx(
+        2.0**-24
+    )
+
+
+def _folder(tmp_path, prediction_type="epsilon", **scheduler):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    unet.save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler(prediction_type=prediction_type, **scheduler).save_pretrained(
+        tmp_path / "scheduler"
+    )
+    return unet.eval()
+
+
+@pytest.mark.parametrize(
+    ("prediction_type", "target"),
+    [("epsilon", Target.EPS), ("sample", Target.X0), ("v_prediction", Target.V)],
+)
+def test_a_loaded_unet_predicts_what_diffusers_predicts(tmp_path, prediction_type, target):
+    unet = _folder(tmp_path, prediction_type)
+    model = interop.load_diffusers(tmp_path)
+    assert model.target is target and model.time_input is TimeInput.STEP
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 1, 8, 8, generator=g)
+    for index in (0.0, 17.0, 500.5, 999.0):  # integer and fractional timestep indices
+        t = torch.full((3,), (index + 1) / 1000, dtype=F64)
+        with torch.no_grad():
+            ours = model.target_prediction(x, t)
+            theirs = unet(x, torch.full((3,), index)).sample
+            x0 = model(x, t)
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+        # x0_hat is that prediction converted (rediff.convert, float64 coefficients)
+        alpha, sigma = model.schedule.alpha(t[0]), model.schedule.sigma(t[0])
+        a, b = {Target.EPS: (1 / sigma, -alpha / sigma), Target.X0: (0.0, 1.0)}.get(
+            target, (alpha / sigma, -(alpha**2 + sigma**2) / sigma)
+        )
+        expected = ((theirs.double() - a * x.double()) / b).float()
+        torch.testing.assert_close(x0, expected, rtol=1e-4, atol=1e-4 * float(1 / alpha))
+
+
+def test_clip_sample_is_reported(tmp_path):
+    _folder(tmp_path, clip_sample=True)
+    with pytest.warns(UserWarning, match="clip_sample"):
+        interop.load_diffusers(tmp_path)
+
+
+def test_bad_folders_are_refused_with_one_clear_error(tmp_path):
+    _folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no unet/ or scheduler/"):
+        interop.load_diffusers(tmp_path / "unet")
+    config = tmp_path / "scheduler" / "scheduler_config.json"
+    values = json.loads(config.read_text())
+    config.write_text(json.dumps({**values, "beta_schedule": "quadratic"}))
+    with pytest.raises(ValueError, match="unknown beta_schedule 'quadratic'"):
+        interop.load_diffusers(tmp_path)
+    config.write_text(json.dumps(values))
+    unet_config = tmp_path / "unet" / "config.json"
+    unet_values = json.loads(unet_config.read_text())
+    unet_config.write_text(json.dumps({**unet_values, "_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(ValueError, match="holds a UNet2DConditionModel"):
+        interop.load_diffusers(tmp_path)
+    unet_config.write_text(json.dumps({**unet_values, "block_out_channels": [8, 32]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="does not fit"):
+            interop.load_diffusers(tmp_path)
+
+
+def test_without_diffusers_the_error_names_the_extra(tmp_path, monkeypatch):
+    _folder(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'rediff\[diffusers\]'"):
+        interop.load_diffusers(tmp_path)
