@@ -64,7 +64,8 @@ def _folder(tmp_path, prediction_type="epsilon", **scheduler):
         norm_num_groups=4,
     )
     unet.save_pretrained(tmp_path / "unet")
-    diffusers.DDPMScheduler(prediction_type=prediction_type, **scheduler).save_pretrained(
+    settings = {"clip_sample": False, **scheduler}  # diffusers clips x0 by default
+    diffusers.DDPMScheduler(prediction_type=prediction_type, **settings).save_pretrained(
         tmp_path / "scheduler"
     )
     return unet.eval()
@@ -129,3 +130,32 @@ def test_without_diffusers_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'rediff\[diffusers\]'"):
         interop.load_diffusers(tmp_path)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_ddim_equals_diffusers_ddim_loop_on_a_loaded_model(tmp_path, spacing):
+    """rediff's DDIM (eta = 0) on diffusers' own timesteps (index i is t = (i + 1) / T, then
+    the final jump to clean data, which is diffusers' step to alpha_bar = 1) equals
+    DDIMScheduler's loop on the same loaded UNet and noise, sample for sample. (Not
+    "linspace": there diffusers' step goes to t - T / N, not to the next of its timesteps,
+    so its loop is no DDIM on one grid.)"""
+    from rediff import samplers
+
+    _folder(tmp_path, "epsilon", beta_schedule="squaredcos_cap_v2")
+    model = interop.load_diffusers(tmp_path).double()
+    scheduler = diffusers.DDIMScheduler.from_pretrained(
+        tmp_path / "scheduler", timestep_spacing=spacing
+    )
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = x_T.clone()
+    unet = model.net.unet
+    with torch.no_grad():
+        for step in scheduler.timesteps:
+            eps = unet(x, step).sample
+            x = scheduler.step(eps, step, x).prev_sample
+    T = scheduler.config.num_train_timesteps
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / T, torch.zeros(1, dtype=F64)])
+    with torch.no_grad():
+        ours = samplers.ddim(model, x_T, ts)
+    torch.testing.assert_close(ours, x.double(), rtol=1e-6, atol=1e-6)
