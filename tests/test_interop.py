@@ -159,3 +159,21 @@ def test_ddim_equals_diffusers_ddim_loop_on_a_loaded_model(tmp_path, spacing):
     with torch.no_grad():
         ours = samplers.ddim(model, x_T, ts)
     torch.testing.assert_close(ours, x.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_rediff_sample_draws_from_a_diffusers_folder(tmp_path, capsys):
+    from rediff import cli
+
+    _folder(tmp_path / "model")
+    picture, arrays = tmp_path / "x.png", tmp_path / "x.npy"
+    args = ["sample", "--diffusers", str(tmp_path / "model"), "--n", "4", "--steps", "3"]
+    assert cli.main([*args, "--out", str(picture)]) == 0 and picture.is_file()
+    assert cli.main([*args, "--out", str(arrays), "--sampler", "ddim"]) == 0
+    import numpy as np
+
+    assert np.load(arrays).shape == (4, 1, 8, 8)
+    capsys.readouterr()
+    assert cli.main(["sample"]) == 2
+    assert "a run directory or --diffusers PATH" in capsys.readouterr().err
+    assert cli.main(["sample", "--diffusers", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 rediff [--debug] demo [--out DIR] [--seed S] [--no-train]
 rediff [--debug] train CONFIG.toml [--set section.key=value ...] [--run-dir DIR] [--resume]
-rediff [--debug] sample RUN_DIR [--sampler NAME] [--steps N] [--n N] [--out FILE] [--seed S]
+rediff [--debug] sample RUN_DIR | --diffusers PATH
+                      [--sampler NAME] [--steps N] [--n N] [--out FILE] [--seed S]
                       [--prefix TEXT] [--suffix TEXT] [--top-p P] [--overflow error|drop]
                       [--class K] [--guidance-scale W] [--classifier RUN_DIR]
                       [--share-noise-until K] [--groups G] [--clip-x0] [--dynamic-threshold P]
@@ -127,7 +128,14 @@ def _add_train(sub) -> None:
 
 def _add_sample(sub) -> None:
     sample = sub.add_parser("sample", help="draw samples from a trained run")
-    sample.add_argument("run_dir", help="a run directory written by rediff train")
+    sample.add_argument(
+        "run_dir", nargs="?", help="a run directory written by rediff train (or --diffusers)"
+    )
+    sample.add_argument(
+        "--diffusers",
+        metavar="PATH",
+        help="sample a diffusers model folder (unet/ + scheduler/) instead of a run, offline",
+    )
     _sampler_options(sample)
     sample.add_argument(
         "--n", type=int, help="number of samples (default: 100 images or 2000 points)"
