@@ -12,7 +12,7 @@ import torch
 
 import rediff
 from rediff import data, metrics, schedules
-from rediff.losses import sample_times
+from rediff.losses import MODE_SCALE, sample_times
 from rediff.training import build_model, load_config, train
 
 F64 = torch.float64
@@ -48,6 +48,17 @@ def test_logit_normal_times_have_a_standard_normal_logit():
     logit = torch.log(t) - torch.log1p(-t)
     assert abs(float(logit.mean())) < 4 / math.sqrt(n)
     assert abs(float(logit.std()) - 1.0) < 4 / math.sqrt(2 * n)
+
+
+def test_mode_times_follow_their_inverse_cdf():
+    """t = f(u) with f decreasing from 1 to 0, so P(t <= f(u)) = 1 - u (SD3, eq. 20)."""
+    n = 40000
+    schedule = schedules.FlowMatching(t_min=1e-6, t_max=1 - 1e-6)
+    t = sample_times(schedule, n, "mode", generator=torch.Generator().manual_seed(0))
+    for u in (0.1, 0.3, 0.5, 0.7, 0.9):
+        f = 1 - u - MODE_SCALE * (math.cos(0.5 * math.pi * u) ** 2 - 1 + u)
+        p = 1 - u
+        assert abs(float((t <= f).double().mean()) - p) < 4 * math.sqrt(p * (1 - p) / n)
 
 
 def test_flow_matching_refuses_a_time_range_reaching_pure_noise():

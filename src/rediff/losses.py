@@ -50,12 +50,19 @@ class TimeSampler(Choice):
     """How training times are drawn: DDPM's uniform integer steps (DiscreteVP), uniform t in
     [t_min, t_max], EDM's log-normal noise level ln s ~ N(p_mean, p_std^2), or SD3's
     logit-normal times logit(t) ~ N(0, 1) (Esser et al. 2024, eq. 19: more weight on the
-    middle of the path; flow matching)."""
+    middle of the path; flow matching) or its mode sampling t = 1 - u - s (cos^2(pi u / 2)
+    - 1 + u), u ~ U(0, 1), s = MODE_SCALE (eq. 20)."""
 
     STEPS = "steps"
     UNIFORM = "uniform"
     LOGNORMAL = "lognormal"
     LOGIT_NORMAL = "logit_normal"
+    MODE = "mode"
+
+
+#: SD3's scale of mode sampling (Esser et al. 2024, section 3.1: s = 1.29 in their runs);
+#: t(u) stays decreasing in u for s in [-1, 2 / (pi - 2)]
+MODE_SCALE = 1.29
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ def check_time_sampler(schedule: Schedule, sampler: TimeSampler | str) -> TimeSa
     if sampler is TimeSampler.STEPS and not isinstance(schedule, DiscreteVP):
         raise ValueError(
             f"time sampler 'steps' draws DDPM's integer steps and needs a DiscreteVP, got "
-            f"{type(schedule).__name__}; use 'uniform', 'lognormal' or 'logit_normal'"
+            f"{type(schedule).__name__}; use 'uniform', 'lognormal', 'logit_normal' or 'mode'"
         )
     return sampler
 
@@ -92,8 +99,11 @@ def sample_times(
     if sampler is TimeSampler.STEPS:
         k = torch.randint(1, schedule.num_steps + 1, (n,), generator=generator)
         return (k.double() / schedule.num_steps).to(device)
-    if sampler is TimeSampler.UNIFORM:
+    if sampler in (TimeSampler.UNIFORM, TimeSampler.MODE):
         u = torch.rand(n, generator=generator, dtype=torch.float64)
+        if sampler is TimeSampler.MODE:
+            t = 1 - u - MODE_SCALE * (torch.cos(0.5 * math.pi * u).square() - 1 + u)
+            return t.clamp(schedule.t_min, schedule.t_max).to(device)
         return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(device)
     z = torch.randn(n, generator=generator, dtype=torch.float64)
     if sampler is TimeSampler.LOGIT_NORMAL:
