@@ -161,7 +161,7 @@ class InsDelProcess:
     def step(self, y: Sequence, t: int, rng: np.random.Generator) -> Sequence:
         """x_t ~ q(x_t | x_{t-1} = y): steps 1-4 of the module's docstring."""
         p_insert, p_delete, p_replace = self.rates(t)
-        z = _tokens(y)[_tokens(y) != self.del_token]
+        z = self._survivors(y)
         u = rng.random(z.shape[0])
         fresh = rng.integers(self.categories, size=z.shape[0])
         inserted = z == self.ins_token
@@ -185,8 +185,7 @@ class InsDelProcess:
         """log q(x_t = x | x_{t-1} = y) through the unique alignment (-inf where x cannot
         follow y)."""
         p_insert, p_delete, p_replace = self.rates(t)
-        y, x = _tokens(y), _tokens(x)
-        z = y[y != self.del_token]
+        z, x = self._survivors(y), _tokens(x)
         anchors = np.flatnonzero(x != self.ins_token)
         if anchors.shape[0] != z.shape[0]:
             return -math.inf
@@ -196,6 +195,11 @@ class InsDelProcess:
         for u, w in zip(z.tolist(), x[anchors].tolist(), strict=True):
             log_p += _log(self._transition(u, w, p_delete, p_replace))
         return float(log_p)
+
+    def _survivors(self, y: Sequence) -> Sequence:
+        """The tokens of y that step t acts on: all but its DEL sentinels (removed now)."""
+        y = _tokens(y)
+        return y[y != self.del_token]
 
     def _transition(self, u: int, w: int, p_delete: float, p_replace: float) -> float:
         """A'(u -> w): the probability that the surviving token u shows as w at step t."""
@@ -209,7 +213,7 @@ class InsDelProcess:
     def step_entropy(self, y: Sequence, t: int) -> float:
         """H[q(x_t | x_{t-1} = y)] (nats): each surviving token's and each gap's entropy."""
         p_insert, p_delete, p_replace = self.rates(t)
-        z = _tokens(y)[_tokens(y) != self.del_token]
+        z = self._survivors(y)
         inserted = int((z == self.ins_token).sum())
         K = self.categories
         same = (1 - p_delete - p_replace) + p_replace / K

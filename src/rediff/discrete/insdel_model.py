@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from rediff._choices import Choice
 from rediff._tensor import Tensor
 from rediff.discrete.insdel import InsDelProcess, Sequence
+from rediff.discrete.process import categorical
 from rediff.discrete.sampling import OneSampler
 from rediff.nets.categorical import Transformer
 
@@ -232,8 +233,8 @@ class InsDelModel(nn.Module):
         """x_{t-1} ~ p(x_{t-1} | x_t) for each x_t in ``xs`` (one net evaluation)."""
         C = self.max_length + 1
         previous, deleted, _tokens = self.heads(xs, torch.tensor(t), **cond)
-        prev = _draw(previous, generator)
-        counts = _draw(deleted, generator)
+        prev = categorical(previous.exp().cpu(), generator)
+        counts = categorical(deleted.exp().cpu(), generator)
         tail = counts == C
         if bool(tail.any()):  # a count of C + j with probability 2^-(j+1)
             u = torch.rand(counts.shape, generator=generator, dtype=torch.float64)
@@ -298,13 +299,6 @@ SAMPLERS = OneSampler(
 )
 
 
-def _draw(log_probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One draw per row of log-probabilities [..., S] (-inf excluded), on the CPU."""
-    probs = log_probs.exp().cpu()
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
-
-
 @dataclass(frozen=True)
 class InsDelSamples:
     """Generated sequences (each its own length), the net evaluations per sample, which of
@@ -318,6 +312,20 @@ class InsDelSamples:
 
     def padded(self, length: int) -> Tensor:
         return padded(self.sequences, length)
+
+
+def step_terms(
+    model: InsDelModel, ys: list[Sequence], xs: list[Sequence], t: Tensor, **cond: Any
+) -> Tensor:
+    """The bound's term of step t per pair (nats) [B]: -H(q(. | x_{t-1})) - log p(x_{t-1} |
+    x_t), the forward entropy in closed form (``t``: a step per pair, or one for all)."""
+    steps = torch.as_tensor(t).long().expand(len(ys)).tolist()
+    entropy = torch.tensor(
+        [model.process.step_entropy(y, s) for y, s in zip(ys, steps, strict=True)],
+        dtype=torch.float64,
+    )
+    log_p = model.step_log_prob(ys, xs, t, **cond)
+    return -entropy.to(log_p.device) - log_p
 
 
 def elbo(
@@ -338,10 +346,8 @@ def elbo(
     total = torch.zeros(len(rows), dtype=torch.float64)
     for t in range(1, process.num_steps + 1):
         ys, xs = [p[t - 1] for p in paths], [p[t] for p in paths]
-        entropy = torch.tensor([process.step_entropy(y, t) for y in ys], dtype=torch.float64)
         with torch.no_grad():
-            log_p = model.step_log_prob(ys, xs, torch.tensor(t), **cond).cpu()
-        total += -entropy - log_p
+            total += step_terms(model, ys, xs, torch.tensor(t), **cond).cpu()
     return total
 
 
@@ -389,13 +395,7 @@ class InsDelObjective:
             path = process.trajectory(x, t, np.random.default_rng(seed))
             ys.append(path[-2])
             xs.append(path[-1])
-        t = draws["t"]
-        entropy = torch.tensor(
-            [process.step_entropy(y, s) for y, s in zip(ys, t.tolist(), strict=True)],
-            dtype=torch.float64,
-        )
-        log_p = model.step_log_prob(ys, xs, t, **cond)
-        nats = process.num_steps * (-entropy.to(log_p.device) - log_p)
+        nats = process.num_steps * step_terms(model, ys, xs, draws["t"], **cond)
         return (nats / (math.log(2.0) * lengths(x0).to(nats.device))).mean().float()
 
 
@@ -412,4 +412,5 @@ __all__ = [
     "lengths",
     "padded",
     "sequences",
+    "step_terms",
 ]

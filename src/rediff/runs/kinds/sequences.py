@@ -94,8 +94,8 @@ def write_lines(
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _check_byte(config: DataConfig) -> None:
-    if config.tokenizer is not TokenizerKind.CHAR and config.kind.name == "arithmetic":
+def _check_arithmetic(config: DataConfig) -> None:
+    if config.tokenizer is not TokenizerKind.CHAR:
         raise ValueError(
             "data.kind = 'arithmetic' has its own characters: leave data.tokenizer out"
         )
@@ -105,7 +105,7 @@ ARITHMETIC = register(
     DataKind(
         "arithmetic",
         _arithmetic,
-        check=_check_byte,
+        check=_check_arithmetic,
         held_out=lambda config, seed: _arithmetic(config, seed + 1),
         score=_progressions,
         picture=write_lines,
