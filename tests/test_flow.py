@@ -5,6 +5,7 @@ orders and noise floors, the closed-form Gaussian likelihood.)"""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -61,9 +62,11 @@ def test_mode_times_follow_their_inverse_cdf():
         assert abs(float((t <= f).double().mean()) - p) < 4 * math.sqrt(p * (1 - p) / n)
 
 
-def test_flow_matching_refuses_a_time_range_reaching_pure_noise():
-    with pytest.raises(ValueError, match="t_max < 1"):
-        schedules.FlowMatching(t_max=1.0)
+def test_flow_matching_refuses_a_time_range_beyond_pure_noise():
+    with pytest.raises(ValueError, match="t_max <= 1"):
+        schedules.FlowMatching(t_max=1.5)
+    assert schedules.FlowMatching(t_max=1.0).reaches_pure_noise
+    assert not schedules.FlowMatching().reaches_pure_noise
 
 
 def test_a_2d_flow_model_learns_the_moons(tmp_path):
@@ -93,3 +96,79 @@ def test_a_2d_flow_model_learns_the_moons(tmp_path):
     sw_after = metrics.sliced_wasserstein(out.x, target, generator=gen)
     sw_before = metrics.sliced_wasserstein(before.x, target, generator=gen)
     assert sw_after < 0.15 and sw_after < sw_before / 3, (sw_after, sw_before)
+
+
+def test_sd3_shift_moves_a_flow_grid_as_its_formula_says():
+    """grids.make(..., shift=s) lowers every log-SNR by 2 log s, which on the flow path is
+    SD3's t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23); pure noise and data stay."""
+    from rediff import grids
+
+    schedule = schedules.FlowMatching(t_min=1e-4, t_max=1.0)
+    for s in (0.5, 3.0):
+        t = grids.make(schedule, 10, "uniform", t_min=1e-3)[:-1]
+        ts = grids.make(schedule, 10, "uniform", t_min=1e-3, shift=s)
+        torch.testing.assert_close(ts[:-1], s * t / (1 + (s - 1) * t), rtol=1e-12, atol=0)
+        assert float(ts[0]) == 1.0 and float(ts[-1]) == 0.0
+    # log-SNR grids need a finite noise level: they start at finite_t_max
+    assert float(grids.make(schedule, 10)[0]) == schedule.finite_t_max < 1.0
+    with pytest.raises(ValueError, match="outside the schedule's"):
+        grids.make(schedules.FlowMatching(), 10, "uniform", shift=3.0)
+    with pytest.raises(ValueError, match="finite noise level at t_max"):
+        grids.make(schedule, 10, "logsnr", t_max=1.0)
+
+
+def _gaussian_from_pure_noise():
+    """Gaussian data N(m, diag c) under flow matching with t_max = 1, its exact denoiser, and
+    the probability-flow map from pure noise to data, x0 = m + sqrt(c) x1 (the marginal
+    covariances (1 - t)^2 c + t^2 commute, so the flow map is their square-root ratio)."""
+    m, c = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.25, 2.0], dtype=F64)
+    mix = data.GaussianMixture(m[None], torch.diag(c)[None], torch.ones(1, dtype=F64))
+    schedule = schedules.FlowMatching(t_min=1e-6, t_max=1.0)
+    return mix.denoiser(schedule), lambda x1: m + c.sqrt() * x1
+
+
+def test_euler_from_pure_noise_is_first_order_to_the_exact_flow():
+    from rediff import grids, samplers
+
+    denoiser, flow = _gaussian_from_pure_noise()
+    x1 = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    errors = []
+    for steps in (16, 32, 64):
+        ts = grids.make(denoiser.schedule, steps, "uniform")
+        assert float(ts[0]) == 1.0
+        errors.append(float((samplers.euler(denoiser, x1, ts) - flow(x1)).abs().max()))
+    orders = [math.log2(a / b) for a, b in itertools.pairwise(errors)]
+    assert all(0.8 < order < 1.2 for order in orders), (errors, orders)
+    # the step from pure noise is x1 + (t - 1) v, with the exact v(x, 1) = x - m
+    ts = torch.tensor([1.0, 0.5, 0.0], dtype=F64)
+    first = []
+    samplers.euler(denoiser, x1, ts, callback=lambda step: first.append(step.x))
+    m = flow(torch.zeros(2, dtype=F64))
+    torch.testing.assert_close(first[0], x1 - 0.5 * (x1 - m), rtol=1e-12, atol=1e-12)
+
+
+def test_ddpm_from_pure_noise_draws_the_data_distribution():
+    from rediff import grids, samplers
+
+    denoiser, flow = _gaussian_from_pure_noise()
+    n = 20000
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(n, 2, generator=g, dtype=F64)
+    x = samplers.ddpm(denoiser, x1, grids.make(denoiser.schedule, 50, "uniform"), generator=g)
+    exact = flow(torch.randn(n, 2, generator=g, dtype=F64))
+    se_mean = exact.std(0) / math.sqrt(n)
+    assert bool(((x.mean(0) - exact.mean(0)).abs() < 4 * math.sqrt(2) * se_mean).all())
+    se_var = exact.var(0) * math.sqrt(2 / n)
+    assert bool(((x.var(0) - exact.var(0)).abs() < 4 * math.sqrt(2) * se_var).all())
+
+
+def test_samplers_that_cannot_step_from_pure_noise_say_so():
+    from rediff import samplers
+
+    denoiser, _ = _gaussian_from_pure_noise()
+    x = torch.zeros(4, 2, dtype=F64)
+    with pytest.raises(ValueError, match="pure noise"):
+        samplers.dpm_solver_pp(denoiser, x, torch.tensor([1.0, 0.5, 0.0], dtype=F64))
+    # rediff.sample's default (dpm++2m on log-SNR) starts at finite_t_max instead
+    drawn = rediff.sample(denoiser, (4, 2), steps=4, dtype=F64, progress=False)
+    assert float(drawn.ts[0]) == denoiser.schedule.finite_t_max

@@ -177,3 +177,63 @@ def test_rediff_sample_draws_from_a_diffusers_folder(tmp_path, capsys):
     assert "a run directory or --diffusers PATH" in capsys.readouterr().err
     assert cli.main(["sample", "--diffusers", str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def _flow_folder(tmp_path, **scheduler):
+    unet = _folder(tmp_path)
+    diffusers.FlowMatchEulerDiscreteScheduler(**scheduler).save_pretrained(tmp_path / "scheduler")
+    return unet
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_euler_equals_flow_match_euler_scheduler(tmp_path, shift):
+    """rediff's Euler on a loaded flow-matching folder, on the grid of
+    ``interop.sampling_options`` (from sigma = 1, pure noise), equals
+    FlowMatchEulerDiscreteScheduler's loop step for step (diffusers steps in float32)."""
+    from rediff import grids, samplers
+
+    _flow_folder(tmp_path, shift=shift)
+    model = interop.load_diffusers(tmp_path).double()
+    assert model.target is Target.VELOCITY and model.schedule.reaches_pure_noise
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "scheduler")
+    scheduler.set_timesteps(8)
+    options = interop.sampling_options(interop.scheduler_config(tmp_path), (1, 8, 8))
+    assert options["sampler"] == "euler" and options["shift"] == shift
+    ts = grids.make(
+        model.schedule, 8, options["spacing"], t_min=options["t_min"], shift=options["shift"]
+    )
+    torch.testing.assert_close(ts, scheduler.sigmas.double(), rtol=1e-6, atol=1e-7)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    theirs, ours = [x_T], [x_T]
+    unet = model.net.unet
+    with torch.no_grad():
+        for step in scheduler.timesteps:
+            velocity = unet(theirs[-1], step.double()).sample
+            theirs.append(scheduler.step(velocity, step, theirs[-1]).prev_sample.double())
+        samplers.euler(model, x_T, ts, callback=lambda s: ours.append(s.x))
+    assert len(ours) == len(theirs) == len(ts)
+    torch.testing.assert_close(torch.stack(ours), torch.stack(theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_flow_dynamic_shift_follows_the_sequence_length(tmp_path):
+    """With use_dynamic_shifting the shift is exp(mu), mu linear in H W between the base and
+    maximum sequence lengths (Flux); diffusers' own set_timesteps(mu=...) gives the grid."""
+    settings = {"use_dynamic_shifting": True, "base_image_seq_len": 16, "max_image_seq_len": 256}
+    _flow_folder(tmp_path, **settings)
+    config = interop.scheduler_config(tmp_path)
+    mu = 0.5 + (1.15 - 0.5) * (64 - 16) / (256 - 16)
+    assert interop.flow_shift(config, (1, 8, 8)) == pytest.approx(torch.e**mu, rel=1e-12)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "scheduler")
+    scheduler.set_timesteps(6, mu=mu)
+    model = interop.load_diffusers(tmp_path)
+    options = interop.sampling_options(config, (1, 8, 8))
+    from rediff import grids
+
+    ts = grids.make(model.schedule, 6, "uniform", t_min=options["t_min"], shift=options["shift"])
+    torch.testing.assert_close(ts, scheduler.sigmas.double(), rtol=1e-6, atol=1e-7)
+
+
+def test_flow_folders_refuse_what_rediff_does_not_reproduce(tmp_path):
+    _flow_folder(tmp_path, use_karras_sigmas=True)
+    with pytest.raises(ValueError, match="sets use_karras_sigmas"):
+        interop.load_diffusers(tmp_path)

@@ -15,6 +15,13 @@ points lie in [t_min, t_max] and the grid has ``steps + 1`` entries; without the
 | `quadratic` | t = t_min + (t_max - t_min) u^2 (Song et al. 2021, DDIM, appendix D.2)  |
 | `leading`   | DDPM integer steps k = 1 + j floor(T / n), j = n-1..0 (diffusers)       |
 | `trailing`  | DDPM integer steps k = round(T - j T / n), j = 0..n-1 (Lin et al. 2024) |
+
+``shift`` s moves every point to a noisier time with the same spacing of the rest: the
+log-SNR lowered by 2 log s, which on flow matching's path is SD3's resolution shift
+t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23; diffusers' ``shift``). It keeps t = 0
+and pure noise in place; a point moved out of the schedule's range is refused. Spacings
+defined by the noise level at t_max (``logsnr``, ``karras``) need it finite: on a schedule
+that reaches pure noise (flow matching with t_max = 1) they start at ``finite_t_max``.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ def make(
     t_max: float | None = None,
     rho: float = 7.0,
     final_step: bool = True,
+    shift: float = 1.0,
 ) -> Tensor:
     """A decreasing float64 grid of times for ``steps`` sampler steps.
 
@@ -91,19 +99,26 @@ def make(
         schedule: the forward process whose times the grid holds.
         steps: number of steps (grid intervals), >= 1.
         spacing: one of ``Spacing`` (see the module table).
-        t_min, t_max: the range covered (default: the schedule's own).
+        t_min, t_max: the range covered (default: the schedule's own; ``finite_t_max`` for
+            the log-SNR and Karras spacings).
         rho: Karras' exponent (7 in EDM).
         final_step: end with t = 0, the jump to clean data (see the module docstring).
+        shift: SD3's time shift s > 0 (1: none; see the module docstring).
     """
     _check_steps(steps)
     spacing = Spacing.parse(spacing)
     t_min = schedule.t_min if t_min is None else float(t_min)
-    t_max = schedule.t_max if t_max is None else float(t_max)
+    if t_max is None:
+        finite = spacing in (Spacing.LOGSNR, Spacing.KARRAS)
+        t_max = schedule.finite_t_max if finite else schedule.t_max
+    t_max = float(t_max)
     schedule.check_t(torch.tensor([t_min, t_max], dtype=torch.float64), allow_zero=False)
     if not t_min < t_max:
         raise ValueError(f"need t_min < t_max, got t_min={t_min}, t_max={t_max}")
     if not (math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho must be positive and finite, got {rho}")
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be positive and finite, got {shift}")
     n = steps if final_step else steps + 1
     if spacing in (Spacing.LEADING, Spacing.TRAILING):
         if not isinstance(schedule, DiscreteVP):
@@ -113,13 +128,40 @@ def make(
             )
         ts = _integer(schedule, spacing, n)
     else:
+        _check_finite_top(schedule, spacing, t_max)
         ts = _continuous(schedule, spacing, n, t_min, t_max, rho)
         ts[0] = t_max  # exact endpoints, whatever the spacing's round trip did to them
         if n > 1:
             ts[-1] = t_min
+    if shift != 1.0:
+        ts = shifted(schedule, ts, shift)
     if final_step:
         ts = torch.cat([ts, ts.new_zeros(1)])
     return check(schedule, ts)
+
+
+def _check_finite_top(schedule: Schedule, spacing: Spacing, t_max: float) -> None:
+    """Spacings set by the noise level at t_max need it finite (not pure noise)."""
+    if spacing in (Spacing.LOGSNR, Spacing.KARRAS) and float(schedule.alpha(t_max)) == 0.0:
+        raise ValueError(
+            f"{spacing.value!r} spacing needs a finite noise level at t_max, but t_max = "
+            f"{t_max} is pure noise (alpha = 0); pass t_max < 1 (e.g. 0.999) or use 'uniform' "
+            "spacing (diffusers' flow-matching grid)"
+        )
+
+
+def shifted(schedule: Schedule, ts: Tensor, shift: float) -> Tensor:
+    """The times ``ts`` (none of them 0) with their log-SNR lowered by 2 log(shift): on flow
+    matching t' = s t / (1 + (s - 1) t) (SD3's shift, Esser et al. 2024, eq. 23)."""
+    out = schedule._t_from_log_snr(schedule.log_snr(ts) - 2.0 * math.log(shift))  # range below
+    low, high = float(out.min()), float(out.max())
+    if low < schedule.t_min * (1 - 1e-12) or high > schedule.t_max * (1 + 1e-12):
+        raise ValueError(
+            f"shift {shift} moves the grid to [{low:.6g}, {high:.6g}], outside the schedule's "
+            f"[{schedule.t_min:.6g}, {schedule.t_max:.6g}]; narrow the grid with t_min / t_max "
+            "or use a schedule that reaches pure noise (flow matching with t_max = 1)"
+        )
+    return out.clamp(schedule.t_min, schedule.t_max)
 
 
 def check(schedule: Schedule, ts: Tensor) -> Tensor:

@@ -14,6 +14,12 @@ dropped silently: ``clip_sample`` and ``thresholding`` (rediff's own are
 ``rediff.thresholding``), and zero terminal SNR (alpha_bar_T = 0 has an infinite noise
 level; the last step keeps alpha_bar_T = 2^-24, as diffusers' DDIM and Euler schedulers do).
 
+Flow-matching folders (``FlowMatchEulerDiscreteScheduler``) become ``FlowMatching`` on
+diffusers' range t = sigma in [1/T, 1] with the ``velocity`` target (eps - x0), the UNet
+called with sigma T; ``shift`` and dynamic shifting (``use_dynamic_shifting``, Flux's
+``base_shift`` / ``max_shift`` over the sequence length) are sampling-grid settings
+(``sampling_options``: diffusers' own grid, with rediff's Euler equal to its step).
+
 diffusers is an optional dependency (``pip install rediff[diffusers]``), imported only here.
 """
 
@@ -31,13 +37,21 @@ from rediff._io import load_tensors
 from rediff._tensor import Tensor
 from rediff.model import DiffusionModel, TimeInput
 from rediff.parametrization import Target
-from rediff.schedules import DiscreteVP
+from rediff.schedules import DiscreteVP, FlowMatching, Schedule
 
 #: diffusers' prediction_type -> rediff's target
 TARGETS = {"epsilon": Target.EPS, "sample": Target.X0, "v_prediction": Target.V}
 #: alpha_bar_T kept for a zero-terminal-SNR schedule (diffusers' DDIM / Euler use the same)
 ZERO_SNR_ALPHA_BAR = 2.0**-24
 UNETS = ("UNet2DModel",)
+#: flow-matching scheduler settings rediff does not reproduce (refused, not dropped)
+FLOW_UNREAD = (
+    "invert_sigmas",
+    "shift_terminal",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+)
 
 
 def _diffusers():
@@ -120,11 +134,63 @@ def _zero_terminal_snr(betas: Tensor) -> Tensor:
     return torch.cat([1.0 - alpha_bar[:1], 1.0 - ratios])
 
 
-def schedule(config: dict) -> DiscreteVP:
-    """The rediff schedule of a diffusers scheduler config (DDPM-type schedulers)."""
-    name = config.get("_class_name", "")
-    if "FlowMatch" in name:
-        raise ValueError(f"{name} folders (flow matching) are not read yet; DDPM-type only")
+def is_flow(config: dict) -> bool:
+    """Whether a scheduler config is a flow-matching one (FlowMatch*Scheduler)."""
+    return "FlowMatch" in config.get("_class_name", "")
+
+
+def _flow_schedule(config: dict) -> FlowMatching:
+    """Flow matching on diffusers' sigma range [1/T, 1]: the network sees sigma T, and
+    FlowMatchEulerDiscreteScheduler starts at sigma = 1 (pure noise)."""
+    unread = [key for key in FLOW_UNREAD if config.get(key)]
+    if unread:
+        raise ValueError(
+            f"the scheduler config sets {', '.join(unread)}; rediff reads flow-matching "
+            "configs with shift or dynamic shifting only (use the flow grid of "
+            "rediff.interop.sampling_options otherwise)"
+        )
+    if config.get("stochastic_sampling"):
+        warnings.warn(
+            "stochastic_sampling: rediff's euler is the deterministic flow Euler step; "
+            "sampler='ddpm' draws stochastically",
+            stacklevel=3,
+        )
+    return FlowMatching(t_min=1.0 / int(config.get("num_train_timesteps", 1000)), t_max=1.0)
+
+
+def flow_shift(config: dict, shape: tuple[int, ...]) -> float:
+    """SD3's time shift s of a flow-matching config for samples of ``shape`` (C, H, W):
+    ``shift``, or with ``use_dynamic_shifting`` s = exp(mu) ('exponential') or mu ('linear'),
+    mu linear in the sequence length between (base_image_seq_len, base_shift) and
+    (max_image_seq_len, max_shift) as in Flux; a UNet's sequence length is H W."""
+    if not config.get("use_dynamic_shifting"):
+        return float(config.get("shift", 1.0))
+    length = math.prod(shape[-2:])
+    lo, hi = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    low_shift, high_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    mu = low_shift + (high_shift - low_shift) * (length - lo) / (hi - lo)
+    return math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu
+
+
+def sampling_options(config: dict, shape: tuple[int, ...]) -> dict:
+    """``rediff.sample`` options reproducing the folder's own scheduler: for flow matching
+    FlowMatchEulerDiscreteScheduler's grid (uniform from sigma = 1 to the shifted 1/T, then
+    shifted again, as diffusers does) with rediff's Euler; none for DDPM-type folders."""
+    if not is_flow(config):
+        return {}
+    first = 1.0 / int(config.get("num_train_timesteps", 1000))
+    if not config.get("use_dynamic_shifting"):  # diffusers shifts its sigma_min at creation
+        s = float(config.get("shift", 1.0))
+        first = s * first / (1.0 + (s - 1.0) * first)
+    shift = flow_shift(config, shape)
+    return {"sampler": "euler", "spacing": "uniform", "t_min": first, "shift": shift}
+
+
+def schedule(config: dict) -> Schedule:
+    """The rediff schedule of a diffusers scheduler config: DiscreteVP for DDPM-type
+    schedulers, FlowMatching (t in [1/T, 1]) for flow-matching ones."""
+    if is_flow(config):
+        return _flow_schedule(config)
     for key in ("clip_sample", "thresholding"):
         if config.get(key):
             warnings.warn(
@@ -136,15 +202,16 @@ def schedule(config: dict) -> DiscreteVP:
 
 
 class DiffusersUNet(nn.Module):
-    """A diffusers UNet called as rediff nets are: ``net(x, time, labels=None)`` with
-    ``time`` the timestep index (float: fractional between steps) -> the UNet's ``sample``."""
+    """A diffusers UNet called as rediff nets are: ``net(x, time, labels=None)`` -> the
+    UNet's ``sample``, with ``time`` x ``time_scale`` as its timestep (DDPM folders: the
+    timestep index, fractional between steps, scale 1; flow folders: sigma T, scale T)."""
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, time_scale: float = 1.0) -> None:
         super().__init__()
-        self.unet = unet
+        self.unet, self.time_scale = unet, time_scale
 
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.unet(x, time, class_labels=labels).sample
+        return self.unet(x, time * self.time_scale, class_labels=labels).sample
 
 
 def _unet(folder: Path) -> nn.Module:
@@ -166,11 +233,22 @@ def _unet(folder: Path) -> nn.Module:
     return unet.eval()
 
 
+def scheduler_config(path: str | Path) -> dict:
+    """The scheduler config of a diffusers folder (see ``folders``)."""
+    return _read_json(folders(path)[1] / "scheduler_config.json")
+
+
 def load_diffusers(path: str | Path) -> DiffusionModel:
     """A diffusers folder as a rediff DiffusionModel (a Denoiser): every rediff sampler,
     guidance and likelihood works on it."""
     unet_dir, scheduler_dir = folders(path)
-    config = _read_json(scheduler_dir / "scheduler_config.json")
+    config = scheduler_config(path)
+    if is_flow(config):
+        flow = _flow_schedule(config)
+        net = DiffusersUNet(
+            _unet(unet_dir), time_scale=float(config.get("num_train_timesteps", 1000))
+        )
+        return DiffusionModel(net, flow, Target.VELOCITY, TimeInput.T)
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in TARGETS:
         raise ValueError(
@@ -182,4 +260,14 @@ def load_diffusers(path: str | Path) -> DiffusionModel:
     return DiffusionModel(net, schedule(config), TARGETS[prediction], TimeInput.STEP, 0.5, learned)
 
 
-__all__ = ["DiffusersUNet", "betas", "folders", "load_diffusers", "schedule"]
+__all__ = [
+    "DiffusersUNet",
+    "betas",
+    "flow_shift",
+    "folders",
+    "is_flow",
+    "load_diffusers",
+    "sampling_options",
+    "schedule",
+    "scheduler_config",
+]

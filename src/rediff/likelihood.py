@@ -6,8 +6,8 @@ dy/du = y - x0_hat(alpha y, t(u)) (the form ``samplers.ode`` uses); along it
 
     d log p_u(y(u)) / du = -div_y (y - x0_hat(alpha y)) = -(d - alpha tr(d x0_hat / d x)),
 
-so, integrating from the data time t_min (u_0) to t_max (u_1) and changing variables x = alpha y
-at both ends,
+so, integrating from the data time t_min (u_0) to t_max (u_1; the schedule's
+``finite_t_max``) and changing variables x = alpha y at both ends,
 
     log p(x) = log prior(alpha_1 y_1) + d log alpha_1 - d log alpha_0 + int_{u_0}^{u_1} div_y du.
 
@@ -96,7 +96,7 @@ class _Flow:
     def __init__(self, denoiser: Denoiser, cond: dict, dtype: torch.dtype) -> None:
         self.denoiser, self.cond, self.nfe, self.dtype = denoiser, cond, 0, dtype
         schedule = denoiser.schedule
-        t0, t1 = schedule.t_min, schedule.t_max
+        t0, t1 = schedule.t_min, schedule.finite_t_max
         self.u0 = math.log(float(schedule.noise_level(t0)))
         self.u1 = math.log(float(schedule.noise_level(t1)))
         self.a0, self.a1 = float(schedule.alpha(t0)), float(schedule.alpha(t1))

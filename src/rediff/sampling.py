@@ -99,6 +99,8 @@ def sample(
     spacing: str | None = None,
     final_step: bool = True,
     t_min: float | None = None,
+    t_max: float | None = None,
+    shift: float = 1.0,
     generator: Randomness = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -109,13 +111,22 @@ def sample(
 ) -> Samples:
     """Draw samples of ``shape`` = (n, *D): x_T from the prior, then the named sampler over a
     ``steps``-step grid of the named spacing (default: the sampler's own, see
-    ``samplers.REGISTRY``). Extra ``options`` go to the sampler (eta, order, churn, rtol, ...).
+    ``samplers.REGISTRY``) over [t_min, t_max], moved by SD3's ``shift`` (``grids.make``).
+    Extra ``options`` go to the sampler (eta, order, churn, rtol, ...).
     ``shared`` makes groups of samples share their noise (``SharedNoise``); ``resampling``
     repeats segments of the grid (``Resampling``, for inpainting). Returns
     ``Samples(x, nfe, ts)``."""
     entry = samplers.get(sampler)
     spacing = entry.spacing if spacing is None else spacing
-    ts = grids.make(denoiser.schedule, steps, spacing, t_min=t_min, final_step=final_step)
+    ts = grids.make(
+        denoiser.schedule,
+        steps,
+        spacing,
+        t_min=t_min,
+        t_max=t_max,
+        final_step=final_step,
+        shift=shift,
+    )
     source = generator if shared is None else shared.source(generator, shape[0])
     x = denoiser.schedule.prior_sample(tuple(shape), generator=source, dtype=dtype, device=device)
     counting = CountingDenoiser(denoiser)

@@ -50,10 +50,18 @@ class Point:
         return self.sigma == 0.0
 
 
-def points(schedule: Schedule, ts: Tensor) -> list[Point]:
+def points(schedule: Schedule, ts: Tensor, *, from_pure_noise: bool = False) -> list[Point]:
     """Validate the grid ``ts`` against ``schedule`` (``grids.check``) and return the
-    coordinates of its times, as Python floats."""
+    coordinates of its times, as Python floats. A grid starting where alpha = 0 (pure noise:
+    flow matching's t = 1) is refused unless the sampler can step from there
+    (``from_pure_noise``: DDIM, DDPM, Euler)."""
     ts = grids.check(schedule, ts)
+    if not from_pure_noise and float(schedule.alpha(ts[:1])) == 0.0:
+        raise ValueError(
+            f"the grid starts at t = {float(ts[0])}, pure noise (alpha = 0, infinite noise "
+            "level), which this sampler cannot step from; use ddim, ddpm or euler there, or a "
+            "grid with t_max < 1 (grids.make(..., t_max=0.999))"
+        )
     alpha, sigma = schedule.alpha(ts).tolist(), schedule.sigma(ts).tolist()
     lam = (0.5 * schedule.log_snr(ts)).tolist()
     return [Point(*p) for p in zip(ts.tolist(), alpha, sigma, lam, strict=True)]

@@ -98,7 +98,7 @@ def ddim(
     """DDIM (Song et al. 2021, eq. 12): eta = 0 is deterministic, eta = 1 has DDPM's posterior
     variance. With ``gamma`` (and eta > 0) the noise uses Analytic-DPM's optimal variance."""
     eta = check_positive("eta", eta, allow_zero=True)
-    grid, x_in = points(denoiser.schedule, ts), x
+    grid, x_in = points(denoiser.schedule, ts, from_pure_noise=True), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser(x, p.t)
@@ -123,7 +123,7 @@ def ddpm(
     plus noise of variance ``beta``, ``beta_tilde``, ``learned`` (a model built with
     learned_variance) or ``analytic`` (needs ``gamma``)."""
     variance = Variance.parse(variance)
-    grid, x_in = points(denoiser.schedule, ts), x
+    grid, x_in = points(denoiser.schedule, ts, from_pure_noise=True), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         v = posterior_variance(p, q)

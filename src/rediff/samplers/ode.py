@@ -18,7 +18,14 @@ import torch
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
 from rediff.noise import Randomness
-from rediff.samplers._common import Callback, check_positive, noise_like, notify, working
+from rediff.samplers._common import (
+    Callback,
+    check_positive,
+    data_step,
+    noise_like,
+    notify,
+    working,
+)
 from rediff.transitions import Point, point_at, points
 
 
@@ -31,15 +38,17 @@ def euler(
     callback: Callback | None = None,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE in noise level (Karras et al. 2022, alg. 1
-    without the Heun correction): y_q = y_p + (s_q - s_p) (y_p - x0_hat) / s_p."""
+    without the Heun correction): y_q = y_p + (s_q - s_p) (y_p - x0_hat) / s_p. Multiplied
+    by alpha_q this is x_q = alpha_q x0_hat + sigma_q eps_hat, DDIM with eta = 0 (``data_step``),
+    the form used here because it also steps from pure noise (alpha_p = 0). On flow matching
+    it is Euler in t on the velocity, x_q = x_p + (t_q - t_p) v_hat (diffusers'
+    FlowMatchEulerDiscreteScheduler)."""
     del generator  # deterministic
-    grid, x_in = points(denoiser.schedule, ts), x
+    grid, x_in = points(denoiser.schedule, ts, from_pure_noise=True), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser(x, p.t)
-        y = x / p.alpha
-        y = y + (q.noise_level - p.noise_level) * (y - x0) / p.noise_level
-        x = q.alpha * y
+        x = data_step(x, x0, p, q)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 

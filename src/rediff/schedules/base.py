@@ -115,6 +115,19 @@ class Schedule(ABC):
     def prior_std(self) -> float:
         """Standard deviation s of the prior N(0, s^2 I) that sampling starts from."""
 
+    @property
+    def reaches_pure_noise(self) -> bool:
+        """Whether alpha(t_max) = 0 exactly (flow matching with t_max = 1): x_{t_max} is the
+        prior N(0, I) itself, an infinite noise level that only DDIM, DDPM and Euler can step
+        from."""
+        return False
+
+    @property
+    def finite_t_max(self) -> float:
+        """The noisiest time with a finite noise level: t_max, or just below it on a schedule
+        that reaches pure noise (where log-SNR grids and the likelihood's ODE start)."""
+        return self.t_max
+
     # ---- validation ----------------------------------------------------------------------
     def _validate_range(self) -> None:
         """Check ``0 < t_min < t_max`` (t = 0 is reserved for clean data) and the noise level
@@ -126,6 +139,8 @@ class Schedule(ABC):
                 f"need 0 < t_min < t_max (t = 0 means clean data), got t_min={self.t_min}, "
                 f"t_max={self.t_max}"
             )
+        if self.reaches_pure_noise:
+            return  # alpha(t_max) = 0 exactly: samplers that can start there check for it
         top = float(self.noise_level(torch.tensor(self.t_max, dtype=torch.float64)))
         if not top <= MAX_NOISE_LEVEL:
             raise ValueError(
