@@ -161,6 +161,38 @@ def test_ddim_equals_diffusers_ddim_loop_on_a_loaded_model(tmp_path, spacing):
     torch.testing.assert_close(ours, x.double(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("steps", [5, 20])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_dpm_solver_pp_2m_equals_diffusers_multistep_scheduler(tmp_path, spacing, steps):
+    """rediff's DPM-Solver++(2M) on DPMSolverMultistepScheduler's timesteps (all integer
+    steps, so the grids coincide; its last step, into sigma = 0, is first order as rediff's)
+    equals its loop on the same UNet and noise. diffusers computes in float32 (its sigma
+    table and the sample), so the tolerance is float32's rounding of the same algorithm:
+    4 x the gap between rediff's own float32 and float64 runs on that grid."""
+    from rediff import samplers
+
+    _folder(tmp_path, "epsilon", beta_schedule="linear")
+    model = interop.load_diffusers(tmp_path).double()
+    scheduler = diffusers.DPMSolverMultistepScheduler.from_pretrained(
+        tmp_path / "scheduler", timestep_spacing=spacing, algorithm_type="dpmsolver++"
+    )
+    scheduler.set_timesteps(steps)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = x_T.clone()
+    with torch.no_grad():
+        for step in scheduler.timesteps:
+            x = scheduler.step(model.net.unet(x, step).sample, step, x).prev_sample
+        ts = torch.cat([(scheduler.timesteps.double() + 1) / 1000, torch.zeros(1, dtype=F64)])
+        ours = samplers.dpm_solver_pp(model, x_T, ts, order=2)
+        rounded = samplers.dpm_solver_pp(model.float(), x_T.float(), ts, order=2).double()
+    floor = float((rounded - ours).abs().max())
+    assert float((ours - x.double()).abs().max()) <= 4 * floor
+    # a different method is far outside that: DPM-Solver++(1) = DDIM on the same grid
+    with torch.no_grad():
+        first_order = samplers.dpm_solver_pp(model.double(), x_T, ts, order=1)
+    assert float((first_order - x.double()).abs().max()) > 100 * floor
+
+
 def test_rediff_sample_draws_from_a_diffusers_folder(tmp_path, capsys):
     from rediff import cli
 
@@ -237,3 +269,43 @@ def test_flow_folders_refuse_what_rediff_does_not_reproduce(tmp_path):
     _flow_folder(tmp_path, use_karras_sigmas=True)
     with pytest.raises(ValueError, match="sets use_karras_sigmas"):
         interop.load_diffusers(tmp_path)
+
+
+def test_rediff_sample_uses_a_flow_folders_own_grid(tmp_path):
+    """A flow folder sampled by the CLI without --sampler is diffusers' own loop (its grid and
+    shift, rediff's Euler); with --sampler dpm++2m the log-SNR grid starts below sigma = 1."""
+    import numpy as np
+
+    from rediff import cli, grids, samplers
+
+    _flow_folder(tmp_path / "model", shift=3.0)
+    out = tmp_path / "x.npy"
+    args = ["sample", "--diffusers", str(tmp_path / "model"), "--n", "2", "--steps", "4"]
+    assert cli.main([*args, "--out", str(out), "--seed", "5"]) == 0
+    model = interop.load_diffusers(tmp_path / "model")
+    options = interop.sampling_options(interop.scheduler_config(tmp_path / "model"), (1, 8, 8))
+    ts = grids.make(model.schedule, 4, "uniform", t_min=options["t_min"], shift=3.0)
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = samplers.euler(model, x_T, ts)
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), expected, rtol=1e-5, atol=1e-5)
+    assert cli.main([*args, "--out", str(out), "--sampler", "dpm++2m"]) == 0
+
+
+def test_rediff_nll_scores_data_under_a_diffusers_folder(tmp_path, capsys):
+    import numpy as np
+
+    from rediff import cli
+
+    _folder(tmp_path / "model")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 1, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+    args = ["nll", "--diffusers", str(tmp_path / "model"), "--rtol", "1e-3"]
+    assert cli.main([*args, "--data", str(tmp_path / "x.npy")]) == 0
+    report = capsys.readouterr().out
+    assert "| ode | bits/dim |" in report and "3 samples" in report
+    np.save(tmp_path / "small.npy", pixels[:, :, :4, :4])
+    assert cli.main([*args, "--data", str(tmp_path / "small.npy")]) == 2
+    assert "the diffusers model takes [1, 8, 8]" in capsys.readouterr().err
+    assert cli.main(args) == 2
+    assert "needs --data" in capsys.readouterr().err

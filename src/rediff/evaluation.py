@@ -22,6 +22,7 @@ from rediff import data, discrete, likelihood, variational
 from rediff._choices import Choice
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor, bits_per_dim, check_finite
+from rediff.data.files import PIXEL_MAX
 from rediff.discrete import AutoregressiveModel, DiscreteModel, InsDelModel, MaskedProcess
 from rediff.discrete.insdel_model import bits_per_token
 from rediff.discrete.insdel_model import elbo as insdel_elbo
@@ -271,18 +272,79 @@ def _exact_row(run: Run, x: Tensor) -> NLLRow:
     return _row("exact", _unit(run), bits_per_dim(nats, x), 1)
 
 
-def _ode_row(run: Run, x: Tensor, probes: int | None, rtol: float, gen) -> NLLRow:
+def _ode_row(model, levels: int | None, x: Tensor, probes: int | None, rtol: float, gen) -> NLLRow:
     """The probability-flow ODE likelihood: bits/dim of dequantised levels, or nats/dim."""
     probes = probes if probes is not None else (0 if x[0].numel() <= 16 else 1)
     trace = {"trace": "exact"} if probes == 0 else {"trace": "hutchinson", "probes": probes}
-    solver, levels = likelihood.Solver(rtol, rtol), run.spec.levels
+    solver = likelihood.Solver(rtol, rtol)
     with torch.no_grad():
         if levels is not None:
             options = {"generator": gen, "solver": solver, **trace}
-            out = likelihood.dequantized_nll(run.model, x, levels, **options)
+            out = likelihood.dequantized_nll(model, x, levels, **options)
             return _row("ode", "bits/dim", out.bits_per_dim, out.nfe)
-        out = likelihood.log_likelihood(run.model, x, solver=solver, generator=gen, **trace)
+        out = likelihood.log_likelihood(model, x, solver=solver, generator=gen, **trace)
         return _row("ode", "nats/dim", out.nll / x[0].numel(), out.nfe)
+
+
+def _nll_report(name: str, row: NLLRow, data_name: str) -> str:
+    """``rediff nll``'s markdown report of one row."""
+    lines = [
+        f"# Negative log-likelihood of {name}",
+        "",
+        f"{row.n} samples ({data_name} data); mean and standard error over the samples.",
+        "",
+        "| method | unit | mean | standard error | NFE |",
+        "|---|---|---|---|---|",
+        f"| {row.method} | {row.unit} | {row.mean:.4f} | {row.se:.4f} | {row.nfe} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _subset(x: Tensor, n: int | None, seed: int) -> Tensor:
+    """``n`` (default 512) of the data points, drawn without replacement by ``seed``."""
+    if n is not None and n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    return x[order[: n or 512]]
+
+
+#: grey levels of 8-bit pictures (what diffusers' image models are trained on)
+PIXEL_LEVELS = int(PIXEL_MAX) + 1
+
+
+def diffusers_nll(
+    folder: str | Path,
+    data_path: str | Path,
+    *,
+    n: int | None = None,
+    probes: int | None = None,
+    rtol: float = 1e-5,
+    seed: int = 0,
+) -> NLL:
+    """``rediff nll --diffusers PATH --data DATA``: the probability-flow ODE likelihood of a
+    diffusers folder's model on the user's data (an image folder, or a .npy/.npz of its
+    shape): bits/dim of 256 dequantised levels for images and integer pixels, else
+    nats/dim. diffusers itself has no likelihood."""
+    from rediff.interop import load_diffusers
+
+    model = load_diffusers(folder)
+    config = model.net.unet.config
+    size = config.sample_size
+    shape = (config.in_channels, *((size, size) if isinstance(size, int) else size))
+    path = Path(data_path)
+    if path.is_dir():
+        x, levels = data.load_image_folder(path, shape[-1], shape[0])[0], PIXEL_LEVELS
+    else:
+        array = data.load_array(path)
+        x, levels = array.x, (PIXEL_LEVELS if array.pixels else None)
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"{data_path} holds data of shape {list(x.shape[1:])}, but the diffusers model "
+            f"takes {list(shape)}; resize the images or pick the matching folder"
+        )
+    x = _subset(x, n, seed)
+    row = _ode_row(model, levels, x, probes, rtol, torch.Generator().manual_seed(seed))
+    return NLL(row, _nll_report(Path(folder).name, row, str(data_path)))
 
 
 def run_nll(
@@ -305,33 +367,18 @@ def run_nll(
     .npy/.npz) of the run's shape. Returns the row and the report, written to
     ``nll_<method>.md`` when possible."""
     split = Split.parse(split)
-    if n is not None and n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
     run = load_run(run_dir)
     method = _method(run, method)
     x, data_name = _nll_data(run, split, data_path)
-    x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: n or 512]]
+    x = _subset(x, n, seed)
     gen = torch.Generator().manual_seed(seed)
     if method is Method.EXACT:
         row = _exact_row(run, x)
     elif method is Method.VLB:
         row = _bound_row(run, x, vlb_steps, gen)
     else:
-        row = _ode_row(run, x, probes, rtol, gen)
-    report = (
-        "\n".join(
-            [
-                f"# Negative log-likelihood of {run.path.name}",
-                "",
-                f"{row.n} samples ({data_name} data); mean and standard error over the samples.",
-                "",
-                "| method | unit | mean | standard error | NFE |",
-                "|---|---|---|---|---|",
-                f"| {row.method} | {row.unit} | {row.mean:.4f} | {row.se:.4f} | {row.nfe} |",
-            ]
-        )
-        + "\n"
-    )
+        row = _ode_row(run.model, run.spec.levels, x, probes, rtol, gen)
+    report = _nll_report(run.path.name, row, data_name)
     name = f"nll_{row.method}.md"
     if writable(run, name):
         atomic_write(in_run(run.path, name), lambda tmp: Path(tmp).write_text(report))

@@ -10,8 +10,8 @@ rediff [--debug] sample RUN_DIR | --diffusers PATH
                       [--device auto|cpu|cuda] [--precision fp32|bf16] [--channels-last] [--compile]
 rediff [--debug] eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S]
                     [--guidance-scale W] [--classifier RUN_DIR]
-rediff [--debug] nll RUN_DIR [--method ode|vlb|exact] [--split held_out|train] [--data PATH] [--n N]
-                   [--probes N] [--vlb-steps N] [--rtol R] [--seed S]
+rediff [--debug] nll RUN_DIR | --diffusers PATH [--method ode|vlb|exact] [--split held_out|train]
+                   [--data PATH] [--n N] [--probes N] [--vlb-steps N] [--rtol R] [--seed S]
 rediff [--debug] upgrade RUN_DIR
 
 One error path: a user error (bad config or flag, missing file, corrupt run, diverged
@@ -223,7 +223,14 @@ def _add_nll(sub) -> None:
         "images), nats/dim for continuous data"
     )
     nll = sub.add_parser("nll", help=what, description=what)
-    nll.add_argument("run_dir", help="a run directory written by rediff train")
+    nll.add_argument(
+        "run_dir", nargs="?", help="a run directory written by rediff train (or --diffusers)"
+    )
+    nll.add_argument(
+        "--diffusers",
+        metavar="PATH",
+        help="score --data under a diffusers model folder (unet/ + scheduler/) instead, offline",
+    )
     nll.add_argument(
         "--method",
         choices=["ode", "vlb", "exact"],

@@ -193,15 +193,15 @@ def sample(args: argparse.Namespace) -> int:
 
 def _sample_diffusers(args: argparse.Namespace) -> int:
     """``rediff sample --diffusers PATH``: n images from a diffusers folder with a rediff
-    sampler (default dpm++2m, 20 steps), written as a picture, .npy or .npz."""
+    sampler (default dpm++2m, 20 steps; a flow-matching folder: its own scheduler's grid and
+    shift with rediff's Euler), written as a picture, .npy or .npz."""
     import numpy as np
     import torch
 
     import rediff
-    from rediff import plots
-    from rediff.interop import load_diffusers
+    from rediff import interop, plots
 
-    model = load_diffusers(args.diffusers).to(_device(args.device))
+    model = interop.load_diffusers(args.diffusers).to(_device(args.device))
     config = model.net.unet.config
     size = config.sample_size
     shape = (config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -209,10 +209,17 @@ def _sample_diffusers(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in ARRAY_SUFFIXES:
         plots.check_picture(shape, out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sampler, steps, n = args.sampler or "dpm++2m", args.steps or 20, args.n or 16
+    own = interop.sampling_options(interop.scheduler_config(args.diffusers), shape)
+    if args.sampler is not None:  # the user's sampler on its own grid, with the folder's shift
+        own = {key: value for key, value in own.items() if key == "shift"}
+    sampler, steps, n = (
+        args.sampler or own.get("sampler", "dpm++2m"),
+        args.steps or 20,
+        args.n or 16,
+    )
     limit = _limit(args)
     generator = torch.Generator().manual_seed(args.seed)
-    options = {"sampler": sampler, "steps": steps, "generator": generator, "progress": True}
+    options = {**own, "sampler": sampler, "steps": steps, "generator": generator, "progress": True}
     drawn = rediff.sample(limit(model) if limit else model, (n, *shape), **options)
     x = drawn.x.float().cpu()
     if out.suffix.lower() == ".npy":
@@ -297,8 +304,18 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def nll(args: argparse.Namespace) -> int:
-    from rediff.evaluation import run_nll
+    from rediff.evaluation import diffusers_nll, run_nll
 
+    if (args.run_dir is None) == (args.diffusers is None):
+        raise ValueError("rediff nll takes a run directory or --diffusers PATH (one of them)")
+    if args.diffusers is not None:
+        if args.data is None:
+            raise ValueError("rediff nll --diffusers needs --data (an image folder or .npy/.npz)")
+        if args.method not in (None, "ode"):
+            raise ValueError("a diffusers folder's likelihood is the ODE's: drop --method")
+        options = {"n": args.n, "probes": args.probes, "rtol": args.rtol, "seed": args.seed}
+        print(diffusers_nll(args.diffusers, args.data, **options).report)
+        return 0
     result = run_nll(
         args.run_dir,
         args.method,
