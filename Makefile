@@ -1,7 +1,7 @@
 # Two entry points, each self-contained on a fresh machine:
 #   make demo   set up .venv if missing, install, write the demo pictures
-#   make test   set up .venv if missing, install (with diffusers, for the interop tests),
-#               lint, run the test suite
+#   make test   set up .venv if missing, install (with diffusers and flow_matching, for the
+#               interop tests), lint, run the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,7 +17,7 @@ $(PY):
 # resolving a range to the newest CUDA build (several GB).
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
-	$(PY) -m pip install -e ".[test,diffusers]"
+	$(PY) -m pip install -e ".[test,diffusers,flow]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -172,3 +172,47 @@ def test_samplers_that_cannot_step_from_pure_noise_say_so():
     # rediff.sample's default (dpm++2m on log-SNR) starts at finite_t_max instead
     drawn = rediff.sample(denoiser, (4, 2), steps=4, dtype=F64, progress=False)
     assert float(drawn.ts[0]) == denoiser.schedule.finite_t_max
+
+
+def test_path_and_velocity_equal_meta_flow_matching_reversed_in_time():
+    """Meta's flow_matching (CondOTProbPath) writes the same straight path with time reversed:
+    its x_t = t x1 + (1 - t) x0 with x1 the data and x0 the noise is rediff's x at 1 - t,
+    and its target dx_t = x1 - x0 is minus rediff's velocity eps - x0."""
+    from flow_matching.path import CondOTProbPath
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(64, 3, generator=g, dtype=F64), torch.randn(64, 3, generator=g, dtype=F64)
+    u = torch.rand(64, generator=g, dtype=F64)
+    theirs = CondOTProbPath().sample(x_0=eps, x_1=x0, t=u)
+    schedule, t = schedules.FlowMatching(t_max=1.0), 1.0 - u
+    ours = schedule.alpha(t)[:, None] * x0 + schedule.sigma(t)[:, None] * eps
+    torch.testing.assert_close(ours, theirs.x_t, rtol=1e-12, atol=1e-12)
+    velocity = rediff.convert(x0, ours, schedule.alpha(t), schedule.sigma(t), "x0", "velocity")
+    torch.testing.assert_close(velocity, -theirs.dx_t, rtol=1e-10, atol=1e-10)
+
+
+def test_euler_equals_meta_flow_matching_ode_solver_on_the_exact_velocity():
+    """flow_matching's ODESolver (Euler on the given time grid, torchdiffeq) on the exact
+    mixture's velocity field, its time reversed, equals rediff's Euler from pure noise."""
+    from flow_matching.solver import ODESolver
+    from flow_matching.utils import ModelWrapper
+
+    from rediff import grids, samplers
+
+    mix = data.GaussianMixture(
+        torch.tensor([[-1.0, 0.5], [2.0, -1.0]], dtype=F64),
+        torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.5, 0.0], [0.0, 0.1]]], dtype=F64),
+        torch.tensor([0.3, 0.7], dtype=F64),
+    )
+    denoiser = mix.denoiser(schedules.FlowMatching(t_min=1e-4, t_max=1.0))
+
+    class Velocity(ModelWrapper):  # flow_matching's time u = 1 - t, its velocity = -ours
+        def forward(self, x, t, **extras):
+            time = torch.full((x.shape[0],), 1.0 - float(t), dtype=F64)
+            return -denoiser.predict(x, time).as_target("velocity")
+
+    ts = grids.make(denoiser.schedule, 12, "uniform")
+    x1 = torch.randn(128, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    theirs = ODESolver(Velocity(None)).sample(x1, None, "euler", time_grid=1.0 - ts)
+    ours = samplers.euler(denoiser, x1, ts)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
