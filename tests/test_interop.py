@@ -309,3 +309,83 @@ def test_rediff_nll_scores_data_under_a_diffusers_folder(tmp_path, capsys):
     assert "the diffusers model takes [1, 8, 8]" in capsys.readouterr().err
     assert cli.main(args) == 2
     assert "needs --data" in capsys.readouterr().err
+
+
+DIFFUSERS_UNET = [
+    "--set",
+    'model.net="diffusers_unet2d"',
+    "--set",
+    "model.block_out_channels=[16, 32]",
+    "--set",
+    'model.down_block_types=["DownBlock2D", "AttnDownBlock2D"]',
+    "--set",
+    'model.up_block_types=["AttnUpBlock2D", "UpBlock2D"]',
+    "--set",
+    "model.norm_num_groups=8",
+    "--set",
+    "train.steps=3",
+    "--set",
+    "train.sample_every=0",
+]
+
+
+@pytest.mark.parametrize("target", ["eps", "v"])
+def test_an_exported_run_samples_in_ddpm_pipeline_as_in_rediff(tmp_path, target):
+    """A diffusers_unet2d run (trained a few steps by rediff train) written by rediff export
+    --diffusers loads in DDPMPipeline.from_pretrained, offline, and draws from the same
+    generator the same images as rediff's DDPM (posterior variance, diffusers' fixed_small)
+    on diffusers' leading grid; loaded back, it is the same model."""
+    import rediff
+    from rediff import cli
+    from rediff.runs import load_run
+
+    run, out = tmp_path / "run", tmp_path / "exported"
+    settings = [*DIFFUSERS_UNET, "--set", f'model.target="{target}"']
+    assert cli.main(["train", "configs/digits_ddpm.toml", "--run-dir", str(run), *settings]) == 0
+    assert cli.main(["export", str(run), "--diffusers", str(out)]) == 0
+    pipeline = diffusers.DDPMPipeline.from_pretrained(out)
+    theirs = pipeline(
+        batch_size=3,
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=10,
+        output_type="np",
+    ).images
+    model = load_run(run).model
+    drawn = rediff.sample(
+        model,
+        (3, 1, 8, 8),
+        sampler="ddpm",
+        steps=10,
+        spacing="leading",
+        variance="beta_tilde",
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    ours = (drawn.x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs), atol=1e-4, rtol=0)
+    loaded = interop.load_diffusers(out)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.7], dtype=F64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model(x, t), rtol=1e-5, atol=1e-5)
+
+
+def test_export_refuses_what_diffusers_cannot_run(tmp_path, capsys):
+    from rediff import cli
+
+    mlp = tmp_path / "mlp"
+    short = ["--set", "train.steps=2", "--set", "train.sample_every=0"]
+    assert cli.main(["train", "configs/toy_2d.toml", "--run-dir", str(mlp), *short]) == 0
+    assert cli.main(["export", str(mlp), "--diffusers", str(tmp_path / "out")]) == 2
+    assert "only model.net = 'diffusers_unet2d' runs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    continuous = tmp_path / "t"
+    settings = [*DIFFUSERS_UNET, "--set", 'model.time_input="t"', "--set", "model.time_scale=1000"]
+    train = ["train", "configs/digits_ddpm.toml", "--run-dir", str(continuous), *settings]
+    assert cli.main(train) == 0
+    assert cli.main(["export", str(continuous), "--diffusers", str(tmp_path / "out")]) == 2
+    assert "model.time_input = 'step'" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("keep")
+    assert cli.main(["export", str(continuous), "--diffusers", str(tmp_path / "taken")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "file").read_text() == "keep"

@@ -20,6 +20,10 @@ called with sigma T; ``shift`` and dynamic shifting (``use_dynamic_shifting``, F
 ``base_shift`` / ``max_shift`` over the sequence length) are sampling-grid settings
 (``sampling_options``: diffusers' own grid, with rediff's Euler equal to its step).
 
+rediff runs with ``model.net = "diffusers_unet2d"`` (a UNet2DModel with its own config keys)
+train like any run and are written back as DDPMPipeline folders by ``export_diffusers``
+(``rediff export RUN_DIR --diffusers OUT``).
+
 diffusers is an optional dependency (``pip install rediff[diffusers]``), imported only here.
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -35,12 +40,13 @@ from torch import nn
 
 from rediff._io import load_tensors
 from rediff._tensor import Tensor
-from rediff.model import DiffusionModel, TimeInput
+from rediff.model import NULL_LABEL, DiffusionModel, TimeInput
 from rediff.parametrization import Target
 from rediff.schedules import DiscreteVP, FlowMatching, Schedule
 
 #: diffusers' prediction_type -> rediff's target
 TARGETS = {"epsilon": Target.EPS, "sample": Target.X0, "v_prediction": Target.V}
+PREDICTION_TYPES = {target: name for name, target in TARGETS.items()}
 #: alpha_bar_T kept for a zero-terminal-SNR schedule (diffusers' DDIM / Euler use the same)
 ZERO_SNR_ALPHA_BAR = 2.0**-24
 UNETS = ("UNet2DModel",)
@@ -204,14 +210,48 @@ def schedule(config: dict) -> Schedule:
 class DiffusersUNet(nn.Module):
     """A diffusers UNet called as rediff nets are: ``net(x, time, labels=None)`` -> the
     UNet's ``sample``, with ``time`` x ``time_scale`` as its timestep (DDPM folders: the
-    timestep index, fractional between steps, scale 1; flow folders: sigma T, scale T)."""
+    timestep index, fractional between steps, scale 1; flow folders: sigma T, scale T).
+    Built by rediff with ``num_classes`` > 0, its class embedding has one more row for
+    rediff's null label (no labels, or ``NULL_LABEL``: classifier-free guidance)."""
 
-    def __init__(self, unet: nn.Module, time_scale: float = 1.0) -> None:
+    def __init__(self, unet: nn.Module, time_scale: float = 1.0, num_classes: int = 0) -> None:
         super().__init__()
-        self.unet, self.time_scale = unet, time_scale
+        self.unet, self.time_scale, self.num_classes = unet, time_scale, num_classes
 
     def forward(self, x: Tensor, time: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.num_classes:
+            if labels is None:
+                labels = torch.full((x.shape[0],), NULL_LABEL, device=x.device)
+            labels = torch.where(labels == NULL_LABEL, self.num_classes, labels)
         return self.unet(x, time * self.time_scale, class_labels=labels).sample
+
+
+def build_unet2d(
+    shape: tuple[int, ...],
+    *,
+    outputs: int = 1,
+    num_classes: int = 0,
+    time_scale: float = 1.0,
+    **config,
+) -> DiffusersUNet:
+    """A new diffusers UNet2DModel for images of ``shape`` (C, H, H) as a rediff net
+    (``model.net = "diffusers_unet2d"``): ``config`` holds UNet2DModel's own keys
+    (block_out_channels, layers_per_block, down/up_block_types, norm_num_groups, dropout);
+    ``outputs`` = 2 doubles its output channels (learned variance)."""
+    channels, size = shape[0], shape[-1]
+    classes = {"num_class_embeds": num_classes + 1} if num_classes else {}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    try:
+        unet = _diffusers().UNet2DModel(
+            sample_size=size,
+            in_channels=channels,
+            out_channels=channels * outputs,
+            **classes,
+            **settings,
+        )
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"model.net = 'diffusers_unet2d': {error}") from None
+    return DiffusersUNet(unet, time_scale, num_classes)
 
 
 def _unet(folder: Path) -> nn.Module:
@@ -260,9 +300,69 @@ def load_diffusers(path: str | Path) -> DiffusionModel:
     return DiffusionModel(net, schedule(config), TARGETS[prediction], TimeInput.STEP, 0.5, learned)
 
 
+def _exportable(run) -> DiffusionModel:
+    """The run's DiffusionModel if DDPMPipeline can run it exactly, else a ValueError."""
+    model = run.model
+    if not (isinstance(model, DiffusionModel) and isinstance(model.net, DiffusersUNet)):
+        raise ValueError(
+            f"{run.path} trains model.net = {run.config.model.net.name!r}; only "
+            "model.net = 'diffusers_unet2d' runs are written as diffusers folders"
+        )
+    if not isinstance(model.schedule, DiscreteVP):
+        raise ValueError(
+            "DDPMPipeline runs DDPM's integer steps: export needs schedule.kind = 'discrete_vp', "
+            f"this run's schedule is {type(model.schedule).__name__}"
+        )
+    if model.time_input is not TimeInput.STEP or model.net.time_scale != 1.0:
+        raise ValueError(
+            "diffusers calls the UNet with the timestep index: export needs a run trained with "
+            "model.time_input = 'step' and model.time_scale = 1"
+        )
+    if model.target not in PREDICTION_TYPES:
+        raise ValueError(
+            f"diffusers has no prediction_type for target {model.target.value!r}; train with "
+            f"model.target = {' / '.join(repr(t.value) for t in PREDICTION_TYPES)}"
+        )
+    if model.net.num_classes:
+        raise ValueError("DDPMPipeline is unconditional: a class-conditional run is not exported")
+    return model
+
+
+def export_diffusers(run_dir: str | Path, out: str | Path) -> Path:
+    """Write a ``diffusers_unet2d`` run (its EMA weights) as a DDPMPipeline folder ``out``:
+    ``unet/`` (UNet2DModel, safetensors), ``scheduler/`` (DDPMScheduler with the run's betas as
+    trained_betas, its prediction_type, fixed_small or learned_range variance, no clipping,
+    as rediff samples) and model_index.json. Written beside ``out`` and renamed into place,
+    so a failed export leaves nothing half-written; ``out`` must not exist (or be empty)."""
+    from rediff.runs import load_run
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists; export into a new folder")
+    model = _exportable(load_run(run_dir))
+    diffusers = _diffusers()
+    scheduler = diffusers.DDPMScheduler(
+        num_train_timesteps=model.schedule.num_steps,
+        trained_betas=list(model.schedule.betas),
+        prediction_type=PREDICTION_TYPES[model.target],
+        variance_type="learned_range" if model.learned_variance else "fixed_small",
+        clip_sample=False,
+    )
+    staging = out.with_name(f".{out.name}.export")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipeline = diffusers.DDPMPipeline(unet=model.net.unet, scheduler=scheduler)
+    pipeline.save_pretrained(staging, safe_serialization=True)
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)
+    return out
+
+
 __all__ = [
     "DiffusersUNet",
     "betas",
+    "build_unet2d",
+    "export_diffusers",
     "flow_shift",
     "folders",
     "is_flow",

@@ -12,6 +12,7 @@ rediff [--debug] eval RUN_DIR [--sampler NAME] [--steps N] [--n N] [--seed S]
                     [--guidance-scale W] [--classifier RUN_DIR]
 rediff [--debug] nll RUN_DIR | --diffusers PATH [--method ode|vlb|exact] [--split held_out|train]
                    [--data PATH] [--n N] [--probes N] [--vlb-steps N] [--rtol R] [--seed S]
+rediff [--debug] export RUN_DIR --diffusers OUT
 rediff [--debug] upgrade RUN_DIR
 
 One error path: a user error (bad config or flag, missing file, corrupt run, diverged
@@ -268,6 +269,16 @@ def _add_upgrade(sub) -> None:
     upgrade.set_defaults(func=commands.upgrade)
 
 
+def _add_export(sub) -> None:
+    what = "write a run as a diffusers folder (DDPMPipeline.from_pretrained loads it, offline)"
+    export = sub.add_parser("export", help=what, description=what)
+    export.add_argument("run_dir", help="a run with model.net = 'diffusers_unet2d'")
+    export.add_argument(
+        "--diffusers", metavar="OUT", required=True, help="the folder to write (must not exist)"
+    )
+    export.set_defaults(func=commands.export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = Parser(add_help=False)
     debug.add_argument(
@@ -279,7 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for add in (_add_demo, _add_train, _add_sample, _add_eval, _add_nll, _add_upgrade):
+    for add in (
+        _add_demo,
+        _add_train,
+        _add_sample,
+        _add_eval,
+        _add_nll,
+        _add_export,
+        _add_upgrade,
+    ):
         add(sub)
     for command in sub.choices.values():  # --debug after the command name too
         command.add_argument(

@@ -331,6 +331,14 @@ def nll(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from rediff.interop import export_diffusers
+
+    out = export_diffusers(args.run_dir, args.diffusers)
+    print(f"wrote {out} (diffusers.DDPMPipeline.from_pretrained({str(out)!r}) loads it)")
+    return 0
+
+
 def upgrade(args: argparse.Namespace) -> int:
     from rediff.runs import upgrade as upgrade_run
 

@@ -416,6 +416,12 @@ def _check_discrete(config: Config) -> None:
             f"model.net = {config.model.net.name!r} serves discrete processes only (a d3pm "
             "schedule.kind)"
         )
+    if config.classifier and config.model.net.classifier is None:
+        nets = [n for n, k in NETS.items() if k.classifier is not None]
+        raise ValueError(
+            f"model.net = {config.model.net.name!r} has no classifier form; use one of "
+            f"{', '.join(map(repr, nets))}"
+        )
 
 
 def _check_combinations(config: Config) -> None:
@@ -497,6 +503,11 @@ def _check_value(where: str, value: Any, kind: type) -> Any:
         if not isinstance(value, (str, kind)):
             raise ValueError(f"{where} must be a name (a string), got {value!r}")
         return kind.parse(value, where)
+    if typing.get_origin(kind) is tuple:  # a TOML array of one type
+        item = typing.get_args(kind)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be an array like [1, 2], got {value!r}")
+        return tuple(_check_value(f"{where}[{i}]", v, item) for i, v in enumerate(value))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
@@ -571,6 +582,8 @@ def from_values(values: dict[str, Any]) -> Config:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) or hasattr(type(value), "parse"):

@@ -68,6 +68,12 @@ class ModelConfig:
     head: Head = Head.LOGITS  # discrete unet_*: K logits per pixel, or a discretised logistic
     heads: int = 4  # transformer: attention heads (its width and depth: model.width, depth)
     time_conditioning: bool = True  # transformer: false ignores t (MDLM's masked diffusion)
+    # diffusers_unet2d: UNet2DModel's own keys (rediff export --diffusers writes them back)
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+    norm_num_groups: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net", NetKind.parse(self.net))
@@ -195,11 +201,31 @@ def _insdel_transformer(
     )
 
 
+def _diffusers_unet2d(m: ModelConfig, shape: Shape) -> nn.Module:
+    """diffusers' UNet2DModel with the ``[model]`` section's UNet2DModel keys (needs the
+    ``diffusers`` extra)."""
+    from rediff.interop import build_unet2d
+
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(
+            f"model.net = 'diffusers_unet2d' takes square images [C, H, H], but the data are "
+            f"{list(shape)} per sample"
+        )
+    keys = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types")
+    return build_unet2d(
+        shape,
+        **{key: getattr(m, key) for key in (*keys, "norm_num_groups", "dropout", "time_scale")},
+        outputs=2 if m.learned_variance else 1,
+        num_classes=m.num_classes,
+    )
+
+
 #: every registered network, by ``model.net``
 NETS: dict[str, NetKind] = {
     "mlp": NetKind("mlp", _mlp, _mlp_classifier),
     "unet_digits": _unet("unet_digits", UNet.digits, NoiseClassifier.digits),
     "unet_cifar10": _unet("unet_cifar10", UNet.cifar10, NoiseClassifier.cifar10),
+    "diffusers_unet2d": NetKind("diffusers_unet2d", _diffusers_unet2d, None),
     "transformer": NetKind(
         "transformer", None, None, _transformer, _causal_transformer, _insdel_transformer
     ),
