@@ -376,7 +376,7 @@ def test_export_refuses_what_diffusers_cannot_run(tmp_path, capsys):
     short = ["--set", "train.steps=2", "--set", "train.sample_every=0"]
     assert cli.main(["train", "configs/toy_2d.toml", "--run-dir", str(mlp), *short]) == 0
     assert cli.main(["export", str(mlp), "--diffusers", str(tmp_path / "out")]) == 2
-    assert "only model.net = 'diffusers_unet2d' runs" in capsys.readouterr().err
+    assert "net is a MLP; only model.net = 'diffusers_unet2d' runs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     continuous = tmp_path / "t"
     settings = [*DIFFUSERS_UNET, "--set", 'model.time_input="t"', "--set", "model.time_scale=1000"]

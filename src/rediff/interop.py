@@ -300,13 +300,13 @@ def load_diffusers(path: str | Path) -> DiffusionModel:
     return DiffusionModel(net, schedule(config), TARGETS[prediction], TimeInput.STEP, 0.5, learned)
 
 
-def _exportable(run) -> DiffusionModel:
-    """The run's DiffusionModel if DDPMPipeline can run it exactly, else a ValueError."""
-    model = run.model
+def _check_exportable(model) -> None:
+    """A ValueError unless DDPMPipeline can run ``model`` exactly."""
     if not (isinstance(model, DiffusionModel) and isinstance(model.net, DiffusersUNet)):
+        net = getattr(model, "net", model)
         raise ValueError(
-            f"{run.path} trains model.net = {run.config.model.net.name!r}; only "
-            "model.net = 'diffusers_unet2d' runs are written as diffusers folders"
+            f"this model's net is a {type(net).__name__}; only model.net = 'diffusers_unet2d' "
+            "runs are written as diffusers folders"
         )
     if not isinstance(model.schedule, DiscreteVP):
         raise ValueError(
@@ -325,21 +325,19 @@ def _exportable(run) -> DiffusionModel:
         )
     if model.net.num_classes:
         raise ValueError("DDPMPipeline is unconditional: a class-conditional run is not exported")
-    return model
 
 
-def export_diffusers(run_dir: str | Path, out: str | Path) -> Path:
-    """Write a ``diffusers_unet2d`` run (its EMA weights) as a DDPMPipeline folder ``out``:
+def export_diffusers(model: DiffusionModel, out: str | Path) -> Path:
+    """Write the model of a ``diffusers_unet2d`` run (``rediff export`` passes its EMA
+    weights) as a DDPMPipeline folder ``out``:
     ``unet/`` (UNet2DModel, safetensors), ``scheduler/`` (DDPMScheduler with the run's betas as
     trained_betas, its prediction_type, fixed_small or learned_range variance, no clipping,
     as rediff samples) and model_index.json. Written beside ``out`` and renamed into place,
     so a failed export leaves nothing half-written; ``out`` must not exist (or be empty)."""
-    from rediff.runs import load_run
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists; export into a new folder")
-    model = _exportable(load_run(run_dir))
+    _check_exportable(model)
     diffusers = _diffusers()
     scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=model.schedule.num_steps,

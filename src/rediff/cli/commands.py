@@ -333,8 +333,9 @@ def nll(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     from rediff.interop import export_diffusers
+    from rediff.runs import load_run
 
-    out = export_diffusers(args.run_dir, args.diffusers)
+    out = export_diffusers(load_run(args.run_dir).model, args.diffusers)
     print(f"wrote {out} (diffusers.DDPMPipeline.from_pretrained({str(out)!r}) loads it)")
     return 0
 
