@@ -17,7 +17,7 @@ diffusers cannot compute.
 
 Part 2, flow matching on exact mixtures (``benchmarks/samplers.py``'s 2-D narrow and 16-D
 full-covariance mixtures, their exact velocity under alpha = 1 - t, sigma = t): rediff's
-samplers on ``FlowMatching(t_max=1)`` (Euler and DDIM from pure noise, the others from
+samplers on ``FlowMatching(t_max=1)`` (Euler, = DDIM, from pure noise, the others from
 finite_t_max = 1 - 1e-3, on the log-SNR, Karras and uniform grids, and uniform with SD3's
 shift 3), against diffusers' FlowMatchEulerDiscreteScheduler (shift 1 and 3) and its
 flow-sigma DPMSolverMultistep (2M, 3M) and UniPC, and against flow_matching's ODESolver
@@ -53,7 +53,7 @@ DIGIT_LEVELS = int(data.digits.DIGITS_MAX) + 1
 REDIFF_DIGIT_SAMPLERS = ("ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc")
 FLOW = schedules.FlowMatching(t_min=1e-5, t_max=1.0)
 FLOW_NFES = (5, 10, 20, 50)
-FLOW_SAMPLERS = ("euler", "ddim", "heun", "dpm++2m", "dpm++3m", "unipc", "unipc3")
+FLOW_SAMPLERS = ("euler", "heun", "dpm++2m", "dpm++3m", "unipc", "unipc3")  # ddim = euler
 #: (label, spacing, shift) of the grids tried for every rediff flow sampler
 FLOW_GRIDS = (("logsnr", "logsnr", 1.0), ("karras", "karras", 1.0), ("uniform", "uniform", 1.0))
 FLOW_GRIDS += (("uniform, shift 3", "uniform", 3.0),)
@@ -218,7 +218,7 @@ def rediff_flow(mixture, x_T: torch.Tensor, nfe: int):
     for name in FLOW_SAMPLERS:
         entry = samplers.get(name)
         steps = (nfe + 1) // 2 if name == "heun" else nfe // entry.evals_per_step
-        from_noise = name in ("euler", "ddim")
+        from_noise = name == "euler"
         for label, spacing, shift in FLOW_GRIDS:
             t_max = None if from_noise or spacing != "uniform" else FLOW.finite_t_max
             ts = grids.make(FLOW, steps, spacing, t_max=t_max, shift=shift)

@@ -109,6 +109,9 @@ def test_bad_folders_are_refused_with_one_clear_error(tmp_path):
         interop.load_diffusers(tmp_path / "unet")
     config = tmp_path / "scheduler" / "scheduler_config.json"
     values = json.loads(config.read_text())
+    config.unlink()
+    with pytest.raises(FileNotFoundError, match=r"scheduler_config\.json is missing"):
+        interop.load_diffusers(tmp_path)
     config.write_text(json.dumps({**values, "beta_schedule": "quadratic"}))
     with pytest.raises(ValueError, match="unknown beta_schedule 'quadratic'"):
         interop.load_diffusers(tmp_path)
@@ -159,6 +162,29 @@ def test_ddim_equals_diffusers_ddim_loop_on_a_loaded_model(tmp_path, spacing):
     with torch.no_grad():
         ours = samplers.ddim(model, x_T, ts)
     torch.testing.assert_close(ours, x.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_diffusers_linspace_ddim_is_rediffs_ddim_step_by_step_on_shifted_pairs(tmp_path):
+    """With timestep_spacing = "linspace" diffusers' DDIM evaluates at its listed timesteps
+    (999, 888, ...) but steps to t - T / N (899, 788, ...): its loop is rediff's DDIM applied
+    one step at a time on the pairs (t_i, t_i - T / N), never one grid."""
+    from rediff import samplers
+
+    _folder(tmp_path, "epsilon", beta_schedule="squaredcos_cap_v2")
+    model = interop.load_diffusers(tmp_path).double()
+    scheduler = diffusers.DDIMScheduler.from_pretrained(
+        tmp_path / "scheduler", timestep_spacing="linspace"
+    )
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    theirs, ours = x_T.clone(), x_T.clone()
+    with torch.no_grad():
+        for step in scheduler.timesteps:
+            theirs = scheduler.step(model.net.unet(theirs, step).sample, step, theirs).prev_sample
+            p, q = (int(step) + 1) / 1000, max(int(step) - 100 + 1, 0) / 1000
+            ours = samplers.ddim(model, ours, torch.tensor([p, q], dtype=F64))
+    assert scheduler.timesteps.tolist()[:2] == [999, 888]
+    torch.testing.assert_close(ours, theirs.double(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("steps", [5, 20])

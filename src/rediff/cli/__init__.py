@@ -127,16 +127,17 @@ def _add_train(sub) -> None:
     train.set_defaults(func=commands.train)
 
 
-def _add_sample(sub) -> None:
-    sample = sub.add_parser("sample", help="draw samples from a trained run")
-    sample.add_argument(
+def _run_or_folder(parser: argparse.ArgumentParser, what: str) -> None:
+    """A run directory, or --diffusers PATH (a diffusers folder, read offline)."""
+    parser.add_argument(
         "run_dir", nargs="?", help="a run directory written by rediff train (or --diffusers)"
     )
-    sample.add_argument(
-        "--diffusers",
-        metavar="PATH",
-        help="sample a diffusers model folder (unet/ + scheduler/) instead of a run, offline",
-    )
+    parser.add_argument("--diffusers", metavar="PATH", help=f"{what}, offline")
+
+
+def _add_sample(sub) -> None:
+    sample = sub.add_parser("sample", help="draw samples from a trained run")
+    _run_or_folder(sample, "sample a diffusers model folder (unet/ + scheduler/) instead")
     _sampler_options(sample)
     sample.add_argument(
         "--n", type=int, help="number of samples (default: 100 images or 2000 points)"
@@ -224,14 +225,7 @@ def _add_nll(sub) -> None:
         "images), nats/dim for continuous data"
     )
     nll = sub.add_parser("nll", help=what, description=what)
-    nll.add_argument(
-        "run_dir", nargs="?", help="a run directory written by rediff train (or --diffusers)"
-    )
-    nll.add_argument(
-        "--diffusers",
-        metavar="PATH",
-        help="score --data under a diffusers model folder (unet/ + scheduler/) instead, offline",
-    )
+    _run_or_folder(nll, "score --data under a diffusers model folder (unet/ + scheduler/) instead")
     nll.add_argument(
         "--method",
         choices=["ode", "vlb", "exact"],
