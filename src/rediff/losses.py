@@ -19,6 +19,21 @@ network's own output, rescaled by w / b^2 (which is 1 when the weighting is the 
 | `x0`         | 1                                | x0-MSE                                    |
 | `edm`        | 1 / c_out^2 = (s^2+sd^2)/(s sd)^2| Karras et al. 2022, table 1               |
 | `likelihood` | g(t)^2 alpha^2 / sigma^4         | Song et al. 2021b, eq. 9 (score-MSE * g^2)|
+
+Times: the weightings are defined for t uniform on [t_min, t_max]. ``time_sampler =
+"importance"`` draws t with density proportional to g(t)^2 / sigma(t)^2 (Song et al. 2021b,
+section 5: importance sampling of the likelihood weighting) and divides each sample's weight
+by that density over the uniform one, so every weighting keeps its expectation. Since
+g^2 = -sigma^2 d lambda / dt for any (alpha, sigma) (lambda = log-SNR), that density is
+uniform in lambda, drawn by its closed-form inverse CDF t = lambda^-1(lambda(t_min) + u
+(lambda(t_max) - lambda(t_min))); with the likelihood weighting the reweighted loss is
+(lambda(t_min) - lambda(t_max)) / (t_max - t_min) x the plain eps-MSE.
+
+Higher orders (Lu et al. 2022, "Maximum Likelihood Training for Score-Based Diffusion ODEs by
+High-Order Denoising Score Matching"): the ODE's likelihood also depends on the Jacobian of
+the score and its derivative. ``loss.kind = "dsm2"`` adds the second-order DSM, ``"dsm3"``
+also the third (``high_order_loss``), to the first-order loss above; the lower orders are
+stop-gradiented inside each higher-order term, as in the paper.
 """
 
 from __future__ import annotations
@@ -51,13 +66,15 @@ class TimeSampler(Choice):
     [t_min, t_max], EDM's log-normal noise level ln s ~ N(p_mean, p_std^2), or SD3's
     logit-normal times logit(t) ~ N(0, 1) (Esser et al. 2024, eq. 19: more weight on the
     middle of the path; flow matching) or its mode sampling t = 1 - u - s (cos^2(pi u / 2)
-    - 1 + u), u ~ U(0, 1), s = MODE_SCALE (eq. 20)."""
+    - 1 + u), u ~ U(0, 1), s = MODE_SCALE (eq. 20), or the likelihood weighting's importance
+    sampler (density g^2 / sigma^2: uniform in log-SNR; see the module docstring)."""
 
     STEPS = "steps"
     UNIFORM = "uniform"
     LOGNORMAL = "lognormal"
     LOGIT_NORMAL = "logit_normal"
     MODE = "mode"
+    IMPORTANCE = "importance"
 
 
 #: SD3's scale of mode sampling (Esser et al. 2024, section 3.1: s = 1.29 in their runs);
@@ -105,6 +122,10 @@ def sample_times(
             t = 1 - u - MODE_SCALE * (torch.cos(0.5 * math.pi * u).square() - 1 + u)
             return t.clamp(schedule.t_min, schedule.t_max).to(device)
         return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(device)
+    if sampler is TimeSampler.IMPORTANCE:
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        high, low = schedule.log_snr(schedule.t_min), schedule.log_snr(schedule.t_max)
+        return schedule.t_from_log_snr(high + u * (low - high)).to(device)
     z = torch.randn(n, generator=generator, dtype=torch.float64)
     if sampler is TimeSampler.LOGIT_NORMAL:
         return torch.sigmoid(z).clamp(schedule.t_min, schedule.t_max).to(device)
@@ -130,6 +151,15 @@ def x0_weight(
     return g2 * alpha.square() / sigma.pow(4)
 
 
+def importance_weight(schedule: Schedule, t: Tensor) -> Tensor:
+    """The uniform density 1 / (t_max - t_min) over the importance sampler's density
+    -lambda'(t) / (lambda(t_min) - lambda(t_max)) at t (float64 [B]): the factor that keeps
+    a weighting's expectation under ``TimeSampler.IMPORTANCE``."""
+    span = schedule.log_snr(schedule.t_min) - schedule.log_snr(schedule.t_max)
+    rate = schedule.diffusion_squared(t) / schedule.sigma(t).square()  # -d lambda / dt
+    return span / ((schedule.t_max - schedule.t_min) * rate)
+
+
 def _checked_times(schedule: Schedule, x0: Tensor, t: Tensor) -> Tensor:
     return schedule.check_t(
         torch.as_tensor(t, dtype=torch.float64, device=x0.device), allow_zero=False
@@ -152,7 +182,8 @@ def denoising_loss(
     Args:
         model: the DiffusionModel being trained (its target decides what the net outputs).
         x0: clean data [B, *D].
-        weighting: see ``Weighting``; time_sampler: see ``TimeSampler`` (ignored if t given).
+        weighting: see ``Weighting``; time_sampler: see ``TimeSampler`` (draws t unless
+            given; 'importance' also reweights, see ``importance_weight``).
         t, noise: optional fixed times [B] and noise [B, *D] (drawn from ``generator`` if not).
         cond: conditioning passed to the network (e.g. labels).
     """
@@ -169,6 +200,8 @@ def denoising_loss(
     a, b = coefficients(model.target, alpha, sigma, model.sigma_data)
     truth = expand_to(a, x_t) * x_t + expand_to(b, x0) * x0
     scale = x0_weight(weighting, model, t, alpha, sigma) / b.square()
+    if TimeSampler.parse(time_sampler) is TimeSampler.IMPORTANCE:
+        scale = scale * importance_weight(schedule, t)
     per_sample = (prediction - truth).square().reshape(x0.shape[0], -1).mean(dim=1)
     return (scale.to(per_sample.dtype) * per_sample).mean()
 
@@ -227,6 +260,59 @@ def score_matching_loss(
     return (per_sample / x0[0].numel()).mean()
 
 
+def _vjp(output: Tensor, x: Tensor, v: Tensor) -> Tensor:
+    """v^T d output / d x per sample (reverse mode, graph kept for training)."""
+    return torch.autograd.grad((output * v).sum(), x, create_graph=True)[0]
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product, shaped to broadcast against a [B, *D]."""
+    return expand_to(sum_except_batch(a * b), a)
+
+
+def high_order_loss(
+    model: DiffusionModel, x0: Tensor, t: Tensor, noise: Tensor, probes: Tensor, order: int
+) -> Tensor:
+    """Lu et al. 2022's second- (and with ``order`` = 3 third-) order denoising score matching,
+    per dimension and batch mean, with one Rademacher probe v [1, B, *D] per sample.
+
+    With h = sigma s1 + eps (s1 the model's score, stop-gradiented) the conditional moments of
+    the noise give, for the true score s (Tweedie's formula to second and third order; Meng et
+    al. 2021):
+
+        E[h h^T | x_t] = sigma^2 grad s + I,    E[(h.v)^2 h | x_t] = -sigma^3 grad (v^T grad s v).
+
+    Second order: |sigma^2 J^T v + v - (h.v) h|^2 (the Frobenius residual, probed by v; J the
+    Jacobian of the model's score, J^T v by one reverse-mode product, which has the same
+    expected square norm as J v) plus the trace residual (sigma^2 v^T J v + |v|^2 - (h.v)^2)^2,
+    both / d^2. Third order: |sigma^3 grad(v^T J v) + (h.v)^2 h - (sigma^2 v^T J v + |v|^2) h
+    - 2 (h.v)(sigma^2 J^T v + v)|^2 / d^2, the last two terms zero-mean controls at the exact
+    model, with v^T J v and J^T v stop-gradiented. Each is minimised in expectation by the
+    true higher-order scores (tested on mixtures with closed-form derivatives)."""
+    t = _checked_times(model.schedule, x0, t)
+    x_t = model.schedule.marginal(x0, t, noise).detach().requires_grad_(True)
+    sigma = expand_to(model.schedule.sigma(t), x_t).to(x_t.dtype)
+    score = model.predict(x_t, t).score
+    v, d = probes[0], x0[0].numel()
+    h = (sigma * score + noise).detach()
+    jv = _vjp(score, x_t, v)  # J^T v
+    hv, vv, vjv = _dot(h, v), _dot(v, v), _dot(jv, v)
+    frobenius = sigma.square() * jv + v - hv * h
+    trace = (sigma.square() * vjv + vv - hv.square()).reshape(x0.shape[0], -1)[:, 0]
+    per_sample = sum_except_batch(frobenius.square()) + trace.square()
+    if order == 3:
+        grad = _vjp(sum_except_batch(jv * v), x_t, torch.ones_like(t, dtype=x_t.dtype))
+        s2 = sigma.square()
+        third = (
+            sigma.pow(3) * grad
+            + hv.square() * h
+            - (s2 * vjv.detach() + vv) * h
+            - 2.0 * hv * (s2 * jv.detach() + v)
+        )
+        per_sample = per_sample + sum_except_batch(third.square())
+    return (per_sample / d**2).mean()
+
+
 def classifier_loss(
     classifier: NoisyClassifier, x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor
 ) -> Tensor:
@@ -248,6 +334,9 @@ class Loss(Choice):
     HYBRID = "hybrid"
     SLICED_SM = "sliced_sm"
     EXACT_SM = "exact_sm"
+    # the denoising loss + Lu et al. 2022's second (and third) order DSM (high_order_loss)
+    DSM2 = "dsm2"
+    DSM3 = "dsm3"
     CLASSIFIER = "classifier"  # trains a NoisyClassifier, not a denoiser
     # discrete processes (rediff.discrete.bound.DiscreteObjective): the bound, the auxiliary
     # cross-entropy on x0, and the bound + ce_weight x the cross-entropy (Austin et al. 2021)
@@ -340,6 +429,8 @@ class Objective:
         draws = {"t": t.to(x0.device), "noise": noise}
         if self.kind is Loss.SLICED_SM:
             draws["probes"] = divergence.draw_probes(x0, self.probes, self.probe, generator)
+        if self.kind in (Loss.DSM2, Loss.DSM3):  # one Rademacher probe (Lu et al. 2022)
+            draws["probes"] = divergence.draw_probes(x0, 1, divergence.Probe.RADEMACHER, generator)
         return draws
 
     def __call__(self, model: DiffusionModel, x0: Tensor, draws: dict[str, Tensor], **cond):
@@ -367,5 +458,16 @@ class Objective:
         )
         if self.kind is Loss.VLB:
             return bound
-        simple = denoising_loss(model, x0, weighting=self.weighting, t=t, noise=noise, **cond)
+        simple = denoising_loss(
+            model,
+            x0,
+            weighting=self.weighting,
+            time_sampler=self.time_sampler,
+            t=t,
+            noise=noise,
+            **cond,
+        )
+        if self.kind in (Loss.DSM2, Loss.DSM3):
+            order = 2 if self.kind is Loss.DSM2 else 3
+            return simple + high_order_loss(model, x0, t, noise, draws["probes"], order)
         return simple if bound is None else simple + self.vlb_weight * bound

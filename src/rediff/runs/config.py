@@ -276,6 +276,9 @@ class TrainConfig(_Typed):
     # few cores (torchrun, or other jobs) are much faster with 1 each: measured ~10x on a busy
     # 2-core machine
     threads: int = 0
+    # a run directory whose EMA weights start this run (fine-tuning: e.g. loss.kind = "dsm2"
+    # from a first-order run); the networks must be the same. "" starts from scratch
+    init: str = ""
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,8 @@ class Session:
         torch.manual_seed(config.seed)
         spec = DataSpec.of(config.data.kind, dataset)
         model = build_model(config, spec.shape, levels=spec.levels, ordinal=spec.ordinal)
+        if t.init and not resume:
+            _initialise(model, Path(t.init))
         model = model.to(device)
         objective.check_model(model)
         labels = dataset.labels.to(device) if config.model.num_classes else None
@@ -415,6 +417,16 @@ class Session:
         self.close()
         if exc[0] is None:
             self.world.barrier()
+
+
+def _initialise(model: torch.nn.Module, source: Path) -> None:
+    """Start ``model`` from the EMA weights of the run in ``source`` (train.init)."""
+    weights = in_run(source, "ema.safetensors") if source.is_dir() else source
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"train.init = {str(source)!r} holds no ema.safetensors; point it at a trained run"
+        )
+    load_weights(model, weights)
 
 
 def _training_view(model, config: Config, world: World):
