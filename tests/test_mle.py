@@ -139,3 +139,32 @@ def test_high_order_losses_are_minimised_by_the_exact_derivatives(order):
     perturbed, _ = _chunks(order, 0.3, "fine")
     gap = perturbed - exact
     assert float(gap.mean()) > 4 * _se(gap), (float(gap.mean()), _se(gap))
+
+
+def test_a_first_order_run_is_fine_tuned_with_dsm2_from_its_weights(tmp_path, capsys):
+    """rediff train with loss.kind = dsm2 and train.init = a first-order run starts from that
+    run's EMA weights (its first logged loss is the first-order loss of those weights plus the
+    second-order term), and a missing init run is one clear error."""
+    from rediff import cli
+    from rediff.runs import load_run
+    from rediff.training import load_config
+
+    first, tuned = tmp_path / "first", tmp_path / "tuned"
+    short = ["--set", "train.steps=3", "--set", "train.sample_every=0"]
+    short += ["--set", "train.warmup=0", "--set", "train.ema_half_life=1e-9"]  # EMA = weights
+    assert cli.main(["train", "configs/toy_2d.toml", "--run-dir", str(first), *short]) == 0
+    settings = ["--set", "loss.kind=dsm2", "--set", f'train.init="{first}"']
+    settings += ["--set", "train.lr=1e-12"]
+    assert (
+        cli.main(["train", "configs/toy_2d.toml", "--run-dir", str(tuned), *short, *settings]) == 0
+    )
+    start, after = load_run(first).model, load_run(tuned).model  # lr 1e-12: they stay
+    for a, b in zip(start.state_dict().values(), after.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert load_config(tuned / "config.toml").train.init == str(first)
+    capsys.readouterr()
+    missing = ["--set", f'train.init="{tmp_path / "nowhere"}"']
+    assert (
+        cli.main(["train", "configs/toy_2d.toml", "--run-dir", str(tmp_path / "x"), *missing]) == 2
+    )
+    assert "holds no ema.safetensors" in capsys.readouterr().err
