@@ -280,6 +280,20 @@ def test_time_zero_is_clean_data(schedule):
             schedule.alpha(schedule.t_min / 2)
 
 
+def test_a_log_snr_within_rounding_of_the_range_is_accepted(schedule):
+    """A peer's float64 log-SNR at t_min (or t_max) a few dozen ulps past ours (DPM-Solver's
+    lambda came 64 ulps out) maps to the endpoint; 1e-9 relative further is an error."""
+    for end in (schedule.t_min, schedule.t_max):
+        lam = float(schedule.log_snr(end))
+        if not math.isfinite(lam):
+            continue
+        outward = 1.0 if end == schedule.t_min else -1.0
+        past = lam + outward * 64 * abs(lam) * torch.finfo(F64).eps
+        assert float(schedule.t_from_log_snr(past)) == pytest.approx(end, rel=1e-9)
+        with pytest.raises(ValueError, match="log_snr"):
+            schedule.t_from_log_snr(lam + outward * 1e-9 * max(abs(lam), 1.0))
+
+
 def test_t_from_noise_level_inverts_noise_level(schedule):
     t = interior_times(schedule)
     torch.testing.assert_close(schedule.t_from_noise_level(schedule.noise_level(t)), t)
