@@ -415,3 +415,36 @@ def test_export_refuses_what_diffusers_cannot_run(tmp_path, capsys):
     assert cli.main(["export", str(continuous), "--diffusers", str(tmp_path / "taken")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "taken" / "file").read_text() == "keep"
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_dpm_solver_pp_on_the_linear_grid_is_diffusers_flow_dpm_solver(shift):
+    """diffusers' flow-sigma DPMSolverMultistepScheduler (use_flow_sigmas, flow_prediction)
+    steps on grids.make(..., "linear", t_max = 1 - 1/T, shift) and is rediff's dpm++2m there,
+    on an exact mixture's velocity evaluated at its sigmas (the timesteps it would give a
+    network are those rounded to integers); diffusers computes in float32, so the tolerance is
+    4 x rediff's own float32-vs-float64 gap on that grid."""
+    from rediff import data, grids, samplers, schedules
+
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift
+    )
+    scheduler.set_timesteps(8)
+    flow = schedules.FlowMatching(t_min=1e-4, t_max=1.0)
+    ts = grids.make(flow, 8, "linear", t_max=1 - 1 / 1000, shift=shift)
+    torch.testing.assert_close(ts, scheduler.sigmas.double(), rtol=1e-6, atol=1e-7)
+    mix = data.GaussianMixture(
+        torch.tensor([[-1.0, 0.5], [2.0, -1.0]], dtype=F64),
+        torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.5, 0.0], [0.0, 0.1]]], dtype=F64),
+        torch.tensor([0.3, 0.7], dtype=F64),
+    )
+    den = mix.denoiser(flow)
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = x_T.clone()
+    for i, t in enumerate(scheduler.timesteps):  # at its sigma (its timesteps are rounded)
+        time = torch.full((256,), float(scheduler.sigmas[i]), dtype=F64)
+        x = scheduler.step(den.predict(x, time).as_target("velocity"), t, x).prev_sample
+    ours = samplers.dpm_solver_pp(den, x_T, ts, order=2)
+    rounded = samplers.dpm_solver_pp(den, x_T.float(), ts, order=2).double()
+    floor = float((rounded - ours).abs().max())
+    assert float((ours - x.double()).abs().max()) <= 4 * floor

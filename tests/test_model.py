@@ -125,3 +125,21 @@ def test_conditioned_binds_conditioning():
     assert bound.schedule is model.schedule
     bound(torch.zeros(2, 2), 0.5)
     assert net.seen[2]["labels"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("time_input", ["t", "step", "c_noise"])
+@pytest.mark.parametrize("target", ["eps", "x0", "v", "score", "edm", "velocity"])
+def test_one_time_for_the_batch_is_the_per_sample_path(target, time_input):
+    """A Python float t (what samplers pass; coefficients as floats, one range check) gives
+    what the same t as a per-sample tensor gives, learned variance included."""
+    torch.manual_seed(0)
+    schedule = DiscreteVP.linear(100)
+    net = rediff.nets.MLP(3, 16, 2, outputs=2).double()
+    model = DiffusionModel(net, schedule, target, time_input, learned_variance=True)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for t in (0.01, 0.37, 1.0):
+        fast = model(x, t)
+        torch.testing.assert_close(fast, model(x, torch.full((5,), t, dtype=torch.float64)))
+        torch.testing.assert_close(fast, model.with_variance(x, t)[0])
+    with pytest.raises(ValueError, match="outside"):
+        model(x, 1.5)

@@ -474,10 +474,18 @@ def test_deterministic_given_generator_and_keeps_dtype(name, mixture):
 FINITE_CASES = [
     (sched_name, spacing)
     for sched_name, spacings in {
-        "ddpm-linear": ["uniform", "logsnr", "karras", "quadratic", "leading", "trailing"],
-        "vp": ["uniform", "logsnr", "karras", "quadratic"],
-        "ve": ["uniform", "logsnr", "karras", "quadratic"],
-        "edm": ["uniform", "logsnr", "karras", "quadratic"],
+        "ddpm-linear": [
+            "uniform",
+            "linear",
+            "logsnr",
+            "karras",
+            "quadratic",
+            "leading",
+            "trailing",
+        ],
+        "vp": ["uniform", "linear", "logsnr", "karras", "quadratic"],
+        "ve": ["uniform", "linear", "logsnr", "karras", "quadratic"],
+        "edm": ["uniform", "linear", "logsnr", "karras", "quadratic"],
     }.items()
     for spacing in spacings
 ]
@@ -492,7 +500,7 @@ def test_no_nan_for_few_steps_on_every_grid(schedule_name, spacing, mixture):
     x = sched.prior_sample((16, 2), generator=torch.Generator().manual_seed(0))
     for name, entry in samplers.REGISTRY.items():
         for steps in (1, 2, 3, 5):
-            for final_step in (True, False):
+            for final_step in (True, False) if spacing != "linear" else (True,):
                 ts = grids.make(sched, steps, spacing, final_step=final_step)
                 out = entry.function(
                     den, x, ts, generator=torch.Generator().manual_seed(0), **entry.options
@@ -648,6 +656,10 @@ def test_grids_follow_their_definitions():
     u = torch.linspace(1, 0, 5, dtype=F64)
     np.testing.assert_allclose(quad.numpy(), (vp.t_min + (1 - vp.t_min) * u**2).numpy(), rtol=1e-12)
     assert grids.make(vp, 1).tolist() == [1.0, 0.0]
+    linear = grids.make(vp, 4, "linear")
+    assert linear.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    with pytest.raises(ValueError, match="needs final_step=True"):
+        grids.make(vp, 4, "linear", final_step=False)
 
 
 class TinyNet(torch.nn.Module):

@@ -9,6 +9,9 @@ points lie in [t_min, t_max] and the grid has ``steps + 1`` entries; without the
 | spacing     | points                                                                 |
 |-------------|------------------------------------------------------------------------|
 | `uniform`   | uniform in t                                                            |
+| `linear`    | uniform in t from t_max down to 0 itself: the last point before the     |
+|             | final jump is t_max / steps, not t_min (diffusers' flow-matching grid;  |
+|             | needs final_step)                                                       |
 | `logsnr`    | uniform in log-SNR (Lu et al. 2022, DPM-Solver, section 3.3)            |
 | `karras`    | noise levels (s_max^(1/rho) + u (s_min^(1/rho) - s_max^(1/rho)))^rho,   |
 |             | u uniform in [0, 1] (Karras et al. 2022, eq. 5)                        |
@@ -39,6 +42,7 @@ class Spacing(Choice):
     """How grid points are spread between t_max and t_min."""
 
     UNIFORM = "uniform"
+    LINEAR = "linear"
     LOGSNR = "logsnr"
     KARRAS = "karras"
     QUADRATIC = "quadratic"
@@ -120,7 +124,14 @@ def make(
     if not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be positive and finite, got {shift}")
     n = steps if final_step else steps + 1
-    if spacing in (Spacing.LEADING, Spacing.TRAILING):
+    if spacing is Spacing.LINEAR:
+        if not final_step:
+            raise ValueError(
+                "'linear' spacing runs down to t = 0 and needs final_step=True; use 'uniform' "
+                "to stop at t_min"
+            )
+        ts = t_max * (1.0 - torch.arange(n, dtype=torch.float64) / n)
+    elif spacing in (Spacing.LEADING, Spacing.TRAILING):
         if not isinstance(schedule, DiscreteVP):
             raise ValueError(
                 f"{spacing.value!r} spacing picks DDPM's integer steps and needs a DiscreteVP "

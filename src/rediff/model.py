@@ -156,8 +156,10 @@ class DiffusionModel(nn.Module, Denoiser):
         scale = input_scale(self.target, alpha, sigma, self.sigma_data)
         feature_dtype = torch.promote_types(x_t.dtype, torch.float32)
         out = self.net(expand_to(scale, x_t) * x_t, self.time_feature(t).to(feature_dtype), **cond)
-        if not self.learned_variance:
-            return out, None
+        return self._split(out, x_t) if self.learned_variance else (out, None)
+
+    def _split(self, out: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
+        """A learned-variance net's output: the prediction and the fraction f = (v + 1) / 2."""
         if out.shape[1] != 2 * x_t.shape[1]:
             raise ValueError(
                 f"learned_variance needs the net to output [B, 2 x {x_t.shape[1]}, ...] (build it "
@@ -178,8 +180,29 @@ class DiffusionModel(nn.Module, Denoiser):
 
     def forward(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """x0_hat for x_t: [B, *D], t a scalar or [B] in [t_min, t_max]."""
+        if isinstance(t, float):  # what samplers pass: one time for the batch
+            return self._x0_at(x_t, t, **cond)
         t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
         return self._x0(self.target_prediction(x_t, t, **cond), x_t, t)
+
+    def _x0_at(self, x_t: Tensor, t: float, **cond: Any) -> Tensor:
+        """``forward`` at one time for the whole batch, its coefficients computed once as
+        Python floats: no per-sample coefficient tensors, one range check, no input scaling
+        when the scale is 1 (every target but edm)."""
+        time = self.schedule.check_t(torch.tensor([t], dtype=torch.float64), allow_zero=False)
+        alpha, sigma = float(self.schedule.alpha(time)), float(self.schedule.sigma(time))
+        scale = float(input_scale(self.target, alpha, sigma, self.sigma_data))
+        feature = torch.full(
+            (x_t.shape[0],),
+            float(self.time_feature(time)),
+            dtype=torch.promote_types(x_t.dtype, torch.float32),
+            device=x_t.device,
+        )
+        out = self.net(x_t if scale == 1.0 else scale * x_t, feature, **cond)
+        prediction = self._split(out, x_t)[0] if self.learned_variance else out
+        return convert(
+            prediction, x_t, alpha, sigma, self.target, Target.X0, sigma_data=self.sigma_data
+        )
 
     def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
         if not self.learned_variance:
