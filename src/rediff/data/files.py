@@ -110,9 +110,13 @@ def load_array(path: str | Path, *, integers: bool = False) -> ArrayData:
     hold integers and is returned as such (categories), not mapped to [-1, 1]."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"array file not found: {path}; set data.path to a .npy/.npz")
+        raise FileNotFoundError(
+            f"array file not found: {path}; give an existing .npy/.npz (data.path or --data)"
+        )
     if path.suffix not in (".npy", ".npz"):
-        raise ValueError(f"data.path must end in .npy or .npz, got {path.name}")
+        raise ValueError(
+            f"data arrays are .npy or .npz files (data.path or --data), got {path.name}"
+        )
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as error:
