@@ -117,6 +117,14 @@ def test_every_sampler_gives_finite_samples(
         with pytest.raises(ValueError, match=f"at most T = {schedule.num_steps} grid points"):
             run()
         return
+    if spacing is grids.Spacing.LINEAR and not final_step:
+        with pytest.raises(ValueError, match="needs final_step=True"):
+            run()
+        return
+    if spacing is grids.Spacing.LINEAR and schedule.t_max / steps < schedule.t_min:
+        with pytest.raises(ValueError, match="lies below t_min"):
+            run()
+        return
     out = run()
     assert out.x.shape == (batch, *shape) and out.x.dtype == dtype
     assert torch.isfinite(out.x).all(), (sampler, schedule, out.x)

@@ -130,6 +130,11 @@ def make(
                 "'linear' spacing runs down to t = 0 and needs final_step=True; use 'uniform' "
                 "to stop at t_min"
             )
+        if t_max / n < t_min * (1 - 1e-12):
+            raise ValueError(
+                f"'linear' spacing's last point t_max / steps = {t_max / n:.6g} lies below "
+                f"t_min = {t_min:.6g}; use at most {int(t_max / t_min)} steps or another spacing"
+            )
         ts = t_max * (1.0 - torch.arange(n, dtype=torch.float64) / n)
     elif spacing in (Spacing.LEADING, Spacing.TRAILING):
         if not isinstance(schedule, DiscreteVP):
