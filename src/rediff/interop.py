@@ -284,11 +284,9 @@ def load_diffusers(path: str | Path) -> DiffusionModel:
     unet_dir, scheduler_dir = folders(path)
     config = scheduler_config(path)
     if is_flow(config):
-        flow = _flow_schedule(config)
-        net = DiffusersUNet(
-            _unet(unet_dir), time_scale=float(config.get("num_train_timesteps", 1000))
-        )
-        return DiffusionModel(net, flow, Target.VELOCITY, TimeInput.T)
+        steps = float(config.get("num_train_timesteps", 1000))
+        net = DiffusersUNet(_unet(unet_dir), time_scale=steps)
+        return DiffusionModel(net, schedule(config), Target.VELOCITY, TimeInput.T)
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in TARGETS:
         raise ValueError(

@@ -265,11 +265,6 @@ def _vjp(output: Tensor, x: Tensor, v: Tensor) -> Tensor:
     return torch.autograd.grad((output * v).sum(), x, create_graph=True)[0]
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample inner product, shaped to broadcast against a [B, *D]."""
-    return expand_to(sum_except_batch(a * b), a)
-
-
 def high_order_loss(
     model: DiffusionModel, x0: Tensor, t: Tensor, noise: Tensor, probes: Tensor, order: int
 ) -> Tensor:
@@ -291,23 +286,23 @@ def high_order_loss(
     true higher-order scores (tested on mixtures with closed-form derivatives)."""
     t = _checked_times(model.schedule, x0, t)
     x_t = model.schedule.marginal(x0, t, noise).detach().requires_grad_(True)
-    sigma = expand_to(model.schedule.sigma(t), x_t).to(x_t.dtype)
+    sigma = model.schedule.sigma(t).to(x_t.dtype)  # [B]
+    s2 = expand_to(sigma.square(), x_t)
     score = model.predict(x_t, t).score
     v, d = probes[0], x0[0].numel()
-    h = (sigma * score + noise).detach()
+    h = (expand_to(sigma, x_t) * score + noise).detach()
     jv = _vjp(score, x_t, v)  # J^T v
-    hv, vv, vjv = _dot(h, v), _dot(v, v), _dot(jv, v)
-    frobenius = sigma.square() * jv + v - hv * h
-    trace = (sigma.square() * vjv + vv - hv.square()).reshape(x0.shape[0], -1)[:, 0]
+    hv, vv, vjv = (sum_except_batch(a * b) for a, b in ((h, v), (v, v), (jv, v)))  # [B]
+    frobenius = s2 * jv + v - expand_to(hv, h) * h
+    trace = sigma.square() * vjv + vv - hv.square()
     per_sample = sum_except_batch(frobenius.square()) + trace.square()
     if order == 3:
-        grad = _vjp(sum_except_batch(jv * v), x_t, torch.ones_like(t, dtype=x_t.dtype))
-        s2 = sigma.square()
+        grad = torch.autograd.grad(vjv.sum(), x_t, create_graph=True)[0]  # grad(v^T J v)
         third = (
-            sigma.pow(3) * grad
-            + hv.square() * h
-            - (s2 * vjv.detach() + vv) * h
-            - 2.0 * hv * (s2 * jv.detach() + v)
+            expand_to(sigma.pow(3), x_t) * grad
+            + expand_to(hv.square(), h) * h
+            - expand_to(sigma.square() * vjv.detach() + vv, h) * h
+            - 2.0 * expand_to(hv, h) * (s2 * jv.detach() + v)
         )
         per_sample = per_sample + sum_except_batch(third.square())
     return (per_sample / d**2).mean()
