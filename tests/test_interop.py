@@ -219,6 +219,64 @@ def test_dpm_solver_pp_2m_equals_diffusers_multistep_scheduler(tmp_path, spacing
     assert float((first_order - x.double()).abs().max()) > 100 * floor
 
 
+class _StepNoise:
+    """The same N(0, I) draw for step k, for rediff (a NoiseSource) and for diffusers
+    (``variance_noise``)."""
+
+    def __init__(self, shape) -> None:
+        gen = torch.Generator().manual_seed(5)
+        self.draws = [torch.randn(shape, generator=gen, dtype=F64) for _ in range(64)]
+
+    def source(self):
+        from rediff.noise import NoiseSource
+
+        draws = self.draws
+
+        class Source(NoiseSource):
+            def noise(self, shape, dtype, device, *, step, t, t_next):
+                return draws[step].to(dtype)
+
+        return Source()
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_sde_dpm_solver_pp_equals_diffusers_given_the_same_noise(solver_type):
+    """rediff's dpm++2m-sde (either solver_type) = DPMSolverMultistepScheduler's
+    sde-dpmsolver++ on its trailing timesteps, with the same noise handed to each step
+    (``variance_noise``), on an exact mixture's eps; the tolerance is 4 x rediff's own
+    float32-vs-float64 gap (diffusers computes in float32), and the other solver_type is far
+    outside it."""
+    from rediff import data, samplers, schedules
+
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        algorithm_type="sde-dpmsolver++", solver_type=solver_type, timestep_spacing="trailing"
+    )
+    scheduler.set_timesteps(10)
+    mix = data.GaussianMixture(
+        torch.tensor([[-1.0, 0.5], [2.0, -1.0]], dtype=F64),
+        torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.5, 0.0], [0.0, 0.1]]], dtype=F64),
+        torch.tensor([0.3, 0.7], dtype=F64),
+    )
+    den = mix.denoiser(schedules.DiscreteVP.linear(1000))
+    noise = _StepNoise((256, 2))
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = x_T.clone()
+    for i, step in enumerate(scheduler.timesteps):
+        time = torch.full((256,), (float(step) + 1) / 1000, dtype=F64)
+        eps = den.predict(x, time).eps
+        x = scheduler.step(eps, step, x, variance_noise=noise.draws[i]).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / 1000, torch.zeros(1, dtype=F64)])
+
+    def ours(x_T, kind=solver_type):
+        options = {"order": 2, "sde": True, "solver_type": kind}
+        return samplers.dpm_solver_pp(den, x_T, ts, generator=noise.source(), **options)
+
+    floor = float((ours(x_T.float()).double() - ours(x_T)).abs().max())
+    assert float((ours(x_T) - x.double()).abs().max()) <= 4 * floor
+    other = "heun" if solver_type == "midpoint" else "midpoint"
+    assert float((ours(x_T, other) - x.double()).abs().max()) > 100 * floor
+
+
 def test_rediff_sample_draws_from_a_diffusers_folder(tmp_path, capsys):
     from rediff import cli
 

@@ -130,16 +130,24 @@ def test_conditioned_binds_conditioning():
 @pytest.mark.parametrize("time_input", ["t", "step", "c_noise"])
 @pytest.mark.parametrize("target", ["eps", "x0", "v", "score", "edm", "velocity"])
 def test_one_time_for_the_batch_is_the_per_sample_path(target, time_input):
-    """A Python float t (what samplers pass; coefficients as floats, one range check) gives
-    what the same t as a per-sample tensor gives, learned variance included."""
+    """A Python float t, and a grid point through ``at`` (what samplers pass: coefficients as
+    floats, no schedule evaluation), give what the same t as a per-sample tensor gives,
+    learned variance included, also through the wrappers that pass ``at`` on."""
+    from rediff.sampling import CountingDenoiser
+    from rediff.transitions import points
+
     torch.manual_seed(0)
     schedule = DiscreteVP.linear(100)
     net = rediff.nets.MLP(3, 16, 2, outputs=2).double()
     model = DiffusionModel(net, schedule, target, time_input, learned_variance=True)
     x = torch.randn(5, 3, dtype=torch.float64)
-    for t in (0.01, 0.37, 1.0):
-        fast = model(x, t)
-        torch.testing.assert_close(fast, model(x, torch.full((5,), t, dtype=torch.float64)))
-        torch.testing.assert_close(fast, model.with_variance(x, t)[0])
+    counting = CountingDenoiser(rediff.Conditioned(model))
+    for point in points(schedule, torch.tensor([1.0, 0.37, 0.01], dtype=torch.float64)):
+        fast = model(x, point.t)
+        slow = model(x, torch.full((5,), point.t, dtype=torch.float64))
+        torch.testing.assert_close(fast, slow)
+        torch.testing.assert_close(fast, model.with_variance(x, point.t)[0])
+        torch.testing.assert_close(counting.at(x, point), slow)
+    assert counting.calls == 3
     with pytest.raises(ValueError, match="outside"):
         model(x, 1.5)

@@ -101,3 +101,20 @@ def test_shape_mismatch_is_refused(state):
         convert(x0[:, :2], x_t, alpha, sigma, "x0", "eps")
     with pytest.raises(ValueError, match=r"shape \[B\]"):
         convert(x0, x_t, alpha[:3], sigma[:3], "x0", "eps")
+
+
+def test_combination_is_the_linear_combination_it_writes():
+    """Lazy sums, differences, scalings and divisions give the eager result; a tensor used in
+    several terms is merged (one kernel), zero coefficients are skipped, dtypes promote."""
+    from rediff._tensor import Combination, lazy
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    z = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    a, b, c = lazy(x, y, z)
+    value = (2.0 * a - b / 4.0 + a * 0.5 - (a - b) + 0.0 * c).value()
+    torch.testing.assert_close(value, (1.5 * x + 0.75 * y).double())
+    assert value.dtype == torch.float64
+    assert len((a + a - b).terms) == 3  # merged only when evaluated
+    torch.testing.assert_close((a + a - b).value(), 2 * x - y)
+    assert (Combination.of(x) * 0.0).value().abs().max() == 0

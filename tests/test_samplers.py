@@ -117,28 +117,33 @@ def test_variances_match_ddpm_closed_forms():
 
 def test_data_steps_are_exact_for_polynomial_denoisers():
     """DPM-Solver++'s first- and third-order steps integrate the ODE exactly when D is a
-    polynomial of degree 0 and 2 in lam; the 2M step (Lu et al. 2022b, eq. 9, D taken at the
-    interval's midpoint) is exact for constant D and has local error O(h^3) for linear D."""
+    polynomial of degree 0 and 2 in lam, the 2M 'heun' step for degree 1; the 2M 'midpoint'
+    step (Lu et al. 2022b, eq. 9, D taken at the interval's midpoint) is exact for constant D
+    and has local error O(h^3) for linear D."""
     from scipy.integrate import quad
 
-    from rediff.samplers.dpm_solver import _pp_ode_step
+    from rediff._tensor import Combination
+    from rediff.samplers.dpm_solver import SolverType, _pp_ode_step
 
     def point(lam):  # VE coordinates: alpha = 1, sigma = e^{-lam}
         return Point(0.5, 1.0, math.exp(-lam), lam)
 
-    def step_error(order, coef, h):
+    def step_error(order, coef, h, solver_type=SolverType.MIDPOINT):
         D = np.polynomial.Polynomial(coef)
         lams = [0.7 - 1.5 * h, 0.7 - 0.8 * h, 0.7]  # non-uniform history
         p, q = point(0.7), point(0.7 + h)
-        history = [(lam, torch.tensor([D(lam)], dtype=F64)) for lam in lams]
+        history = [(lam, Combination.of(torch.tensor([D(lam)], dtype=F64))) for lam in lams]
         exact = (q.sigma / p.sigma) * 1.7 + quad(
             lambda lam: math.exp(lam - q.lam) * D(lam), p.lam, q.lam, epsabs=1e-15
         )[0]
-        return float(_pp_ode_step(torch.tensor([1.7], dtype=F64), history, p, q, order)) - exact
+        x = Combination.of(torch.tensor([1.7], dtype=F64))
+        return float(_pp_ode_step(x, history, p, q, order, solver_type).value()) - exact
 
     assert abs(step_error(1, [0.3], 0.4)) < 1e-13
     assert abs(step_error(2, [0.3], 0.4)) < 1e-13
     assert abs(step_error(3, [0.3, 0.2, -0.05], 0.4)) < 1e-13
+    assert abs(step_error(2, [0.3, 0.2], 0.4, SolverType.HEUN)) < 1e-13
+    assert abs(step_error(2, [0.3, 0.2, -0.05], 0.4, SolverType.HEUN)) > 1e-4
     ratio = step_error(2, [0.3, 0.2], 0.2) / step_error(2, [0.3, 0.2], 0.1)
     assert 7.0 < ratio < 9.0  # O(h^3)
 
@@ -294,10 +299,12 @@ def exact_law(sampler, schedule, steps: int, spacing: str, **options):
     return out[0], columns.T @ columns
 
 
+HEUN_SDE = {"order": 2, "sde": True, "solver_type": "heun"}
 WEAK = [
     ("euler_maruyama", samplers.euler_maruyama, {}, 1),
     ("ddpm", samplers.ddpm, {}, 1),
     ("dpm++2m-sde", samplers.dpm_solver_pp, {"order": 2, "sde": True}, 2),
+    ("dpm++2m-sde-heun", samplers.dpm_solver_pp, HEUN_SDE, 2),
 ]
 
 

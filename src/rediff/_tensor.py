@@ -80,3 +80,71 @@ def randn(
     where = generator.device if generator is not None else device
     z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=where)
     return z if device is None else z.to(device)
+
+
+def _accumulate(out: Tensor, c: float, y: Tensor) -> Tensor:
+    """out + c y in the promoted dtype of the two, in place where out already has it."""
+    if y.dtype != out.dtype:
+        out = out.to(torch.promote_types(out.dtype, y.dtype))
+    return out.add_(y, alpha=c) if c != 0.0 else out
+
+
+def scaled_sum(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
+    """a x + b y for Python-float coefficients: two kernels and one new tensor."""
+    return _accumulate(x * a, b, y)
+
+
+class Combination:
+    """sum_i c_i x_i: tensors x_i of one shape with Python-float coefficients c_i, evaluated
+    lazily. Sums, differences and scaling by numbers only update the coefficients, so a
+    sampler writes its update as the formula (divided differences, Taylor terms) and
+    ``value()`` then costs one kernel per distinct tensor (terms of the same tensor merge)
+    and one new tensor, instead of one of each per operation."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: tuple[tuple[float, Tensor], ...]) -> None:
+        self.terms = terms
+
+    @classmethod
+    def of(cls, x: Tensor) -> Combination:
+        """The combination 1 * x."""
+        return cls(((1.0, x),))
+
+    def __add__(self, other: Combination) -> Combination:
+        return Combination(self.terms + other.terms)
+
+    def __mul__(self, c: float) -> Combination:
+        return Combination(tuple((c * a, x) for a, x in self.terms))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Combination:
+        return self * -1.0
+
+    def __sub__(self, other: Combination) -> Combination:
+        return self + -other
+
+    def __truediv__(self, c: float) -> Combination:
+        return self * (1.0 / c)
+
+    def value(self) -> Tensor:
+        """The tensor sum_i c_i x_i, in the promoted dtype of the x_i (terms after the first
+        with coefficient 0 cost nothing)."""
+        merged: dict[int, list] = {}
+        for c, x in self.terms:
+            if id(x) in merged:
+                merged[id(x)][0] += c
+            else:
+                merged[id(x)] = [c, x]
+        terms = iter(merged.values())
+        c, x = next(terms)
+        out = x * float(c)
+        for c, y in terms:
+            out = _accumulate(out, float(c), y)
+        return out
+
+
+def lazy(*tensors: Tensor) -> tuple[Combination, ...]:
+    """Each tensor as a ``Combination`` (the start of a lazily evaluated update)."""
+    return tuple(Combination.of(x) for x in tensors)

@@ -23,6 +23,7 @@ from rediff._choices import Choice
 from rediff._tensor import Tensor, batch_time, check_finite, expand_to, randn
 from rediff.model import NULL_LABEL, Denoiser
 from rediff.sampling import Resampling, Samples, SharedNoise, sample
+from rediff.transitions import Point
 
 #: log p(labels | x_t) [B] for x_t: [B, *D], t: [B], labels: [B] (e.g. a NoisyClassifier or
 #: ``MixtureDenoiser.log_classifier``), differentiable in x_t
@@ -81,15 +82,15 @@ class ClassifierFree(Denoiser):
         self.denoiser, self.schedule = denoiser, denoiser.schedule
         self.labels, self.scale = labels, check_scale(scale)
 
-    def _doubled(self, x_t: Tensor, t: Tensor | float, cond: dict[str, Any]):
+    def _doubled(self, x_t: Tensor, cond: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The batch twice and its labels: the given ones, then NULL_LABEL."""
         if cond:
             raise TypeError(
                 f"classifier_free binds the labels; got more conditioning {sorted(cond)}"
             )
         labels = _labels_for(self.labels, x_t)
-        t = batch_time(t, x_t)
         null = torch.full_like(labels, NULL_LABEL)
-        return torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null])
+        return torch.cat([x_t, x_t]), torch.cat([labels, null])
 
     def _combine(self, x0: Tensor) -> Tensor:
         conditional, unconditional = x0.chunk(2)
@@ -97,12 +98,18 @@ class ClassifierFree(Denoiser):
         return torch.lerp(unconditional, conditional, self.scale)
 
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
-        x, t, labels = self._doubled(x_t, t, cond)
-        return self._combine(self.denoiser(x, t, labels=labels))
+        x, labels = self._doubled(x_t, cond)
+        t = batch_time(t, x_t)
+        return self._combine(self.denoiser(x, torch.cat([t, t]), labels=labels))
+
+    def at(self, x_t: Tensor, point: Point, **cond: Any) -> Tensor:
+        x, labels = self._doubled(x_t, cond)
+        return self._combine(self.denoiser.at(x, point, labels=labels))
 
     def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
-        x, t, labels = self._doubled(x_t, t, cond)
-        x0, fraction = self.denoiser.with_variance(x, t, labels=labels)
+        x, labels = self._doubled(x_t, cond)
+        t = batch_time(t, x_t)
+        x0, fraction = self.denoiser.with_variance(x, torch.cat([t, t]), labels=labels)
         return self._combine(x0), fraction.chunk(2)[0]
 
 

@@ -17,6 +17,7 @@ from rediff._choices import Choice
 from rediff._tensor import Tensor, batch_time, expand_to
 from rediff.parametrization import Prediction, Target, convert, input_scale
 from rediff.schedules import DiscreteVP, Schedule
+from rediff.transitions import Point, point_at
 
 #: the label meaning "no class" (classifier-free guidance's unconditional model, label
 #: dropout): conditional denoisers take ``labels`` [B] in [0, num_classes - 1] or NULL_LABEL
@@ -31,6 +32,13 @@ class Denoiser(ABC):
     @abstractmethod
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """Return x0_hat, shaped and typed like ``x_t``."""
+
+    def at(self, x_t: Tensor, point: Point, **cond: Any) -> Tensor:
+        """x0_hat at a grid point whose coefficients the caller already holds (samplers get
+        them once per grid from ``transitions.points``, which validates the times): the same
+        as ``self(x_t, point.t, **cond)``. ``DiffusionModel`` uses the point's alpha and sigma
+        instead of evaluating the schedule again; wrappers pass the point through."""
+        return self(x_t, point.t, **cond)
 
     def predict(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Prediction:
         """Evaluate once and return every target (``.x0``, ``.eps``, ``.score``, ``.v``)."""
@@ -58,6 +66,9 @@ class Conditioned(Denoiser):
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         return self.denoiser(x_t, t, **{**self.cond, **cond})
 
+    def at(self, x_t: Tensor, point: Point, **cond: Any) -> Tensor:
+        return self.denoiser.at(x_t, point, **{**self.cond, **cond})
+
     def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
         return self.denoiser.with_variance(x_t, t, **{**self.cond, **cond})
 
@@ -76,12 +87,16 @@ class TimeInput(Choice):
     C_NOISE = "c_noise"
 
 
-def time_feature(time_input: TimeInput, schedule: Schedule, t: Tensor) -> Tensor:
-    """A network's time input for float64 times t: [B] (see ``TimeInput``)."""
+def time_feature(
+    time_input: TimeInput, schedule: Schedule, t: Tensor | float, lam: Tensor | float | None = None
+) -> Tensor | float:
+    """A network's time input for float64 times t: [B], or one float time (see
+    ``TimeInput``). ``lam`` = log(alpha / sigma) at t, if the caller has it: c_noise =
+    log(sigma / alpha) / 4 = -lam / 4."""
     if time_input is TimeInput.STEP:
         return t * schedule.num_steps - 1.0
     if time_input is TimeInput.C_NOISE:
-        return 0.25 * torch.log(schedule.noise_level(t))
+        return -0.25 * (0.5 * schedule.log_snr(t) if lam is None else lam)
     return t
 
 
@@ -180,28 +195,33 @@ class DiffusionModel(nn.Module, Denoiser):
 
     def forward(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """x0_hat for x_t: [B, *D], t a scalar or [B] in [t_min, t_max]."""
-        if isinstance(t, float):  # what samplers pass: one time for the batch
-            return self._x0_at(x_t, t, **cond)
+        if isinstance(t, float):  # one time for the batch
+            self.schedule.check_t(torch.tensor([t], dtype=torch.float64), allow_zero=False)
+            return self.at(x_t, point_at(self.schedule, t), **cond)
         t = self.schedule.check_t(batch_time(t, x_t), allow_zero=False)
         return self._x0(self.target_prediction(x_t, t, **cond), x_t, t)
 
-    def _x0_at(self, x_t: Tensor, t: float, **cond: Any) -> Tensor:
-        """``forward`` at one time for the whole batch, its coefficients computed once as
-        Python floats: no per-sample coefficient tensors, one range check, no input scaling
-        when the scale is 1 (every target but edm)."""
-        time = self.schedule.check_t(torch.tensor([t], dtype=torch.float64), allow_zero=False)
-        alpha, sigma = float(self.schedule.alpha(time)), float(self.schedule.sigma(time))
-        scale = float(input_scale(self.target, alpha, sigma, self.sigma_data))
+    def at(self, x_t: Tensor, point: Point, **cond: Any) -> Tensor:
+        """``forward`` at one grid point for the whole batch, from the point's float
+        coefficients: no schedule evaluation, no per-sample coefficient tensors, no input
+        scaling when the scale is 1 (every target but edm)."""
+        scale = float(input_scale(self.target, point.alpha, point.sigma, self.sigma_data))
         feature = torch.full(
             (x_t.shape[0],),
-            float(self.time_feature(time)),
+            time_feature(self.time_input, self.schedule, point.t, point.lam),
             dtype=torch.promote_types(x_t.dtype, torch.float32),
             device=x_t.device,
         )
         out = self.net(x_t if scale == 1.0 else scale * x_t, feature, **cond)
         prediction = self._split(out, x_t)[0] if self.learned_variance else out
         return convert(
-            prediction, x_t, alpha, sigma, self.target, Target.X0, sigma_data=self.sigma_data
+            prediction,
+            x_t,
+            point.alpha,
+            point.sigma,
+            self.target,
+            Target.X0,
+            sigma_data=self.sigma_data,
         )
 
     def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from rediff._choices import Choice
-from rediff._tensor import Tensor, expand_to
+from rediff._tensor import Tensor, expand_to, scaled_sum
 
 
 class Target(Choice, noun="prediction target"):
@@ -51,42 +51,57 @@ class Target(Choice, noun="prediction target"):
     VELOCITY = "velocity"
 
 
-def _edm_scalings(alpha: Tensor, sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor]:
+Number = Tensor | float
+
+
+def _edm_scalings(alpha: Number, sigma: Number, sigma_data: float) -> tuple[Number, Number]:
     """EDM's (c_skip, c_out) at noise level s = sigma / alpha (Karras et al. 2022, table 1)."""
-    s2 = (sigma / alpha).square()
+    s2 = (sigma / alpha) ** 2
     sd2 = sigma_data * sigma_data
     c_skip = sd2 / (s2 + sd2)
-    c_out = torch.sqrt(s2) * sigma_data / torch.sqrt(s2 + sd2)
+    c_out = s2**0.5 * sigma_data / (s2 + sd2) ** 0.5
     return c_skip, c_out
 
 
-def _edm_coefficients(alpha: Tensor, sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor]:
+def _edm_coefficients(alpha: Number, sigma: Number, sigma_data: float) -> tuple[Number, Number]:
     c_skip, c_out = _edm_scalings(alpha, sigma, sigma_data)
     return -c_skip / (alpha * c_out), 1.0 / c_out
 
 
-_Coefficients = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
+def _x0_coefficients(alpha: Number, sigma: Number, sigma_data: float) -> tuple[Number, Number]:
+    zero = 0.0 * alpha
+    return zero, zero + 1.0
 
+
+_Coefficients = Callable[[Number, Number, float], tuple[Number, Number]]
+
+# written with operators only, so that the same table serves float64 tensors [B] (losses,
+# per-sample times) and Python floats (samplers' one time per batch)
 _TABLE: dict[Target, _Coefficients] = {
-    Target.X0: lambda alpha, sigma, _: (torch.zeros_like(alpha), torch.ones_like(alpha)),
+    Target.X0: _x0_coefficients,
     Target.EPS: lambda alpha, sigma, _: (1.0 / sigma, -alpha / sigma),
-    Target.SCORE: lambda alpha, sigma, _: (-1.0 / sigma.square(), alpha / sigma.square()),
-    Target.V: lambda alpha, sigma, _: (alpha / sigma, -(alpha.square() + sigma.square()) / sigma),
+    Target.SCORE: lambda alpha, sigma, _: (-1.0 / sigma**2, alpha / sigma**2),
+    Target.V: lambda alpha, sigma, _: (alpha / sigma, -(alpha**2 + sigma**2) / sigma),
     Target.EDM: _edm_coefficients,
     Target.VELOCITY: lambda alpha, sigma, _: (1.0 / sigma, -(alpha + sigma) / sigma),
 }
 
 
-def _float64(value: Tensor | float) -> Tensor:
-    return torch.as_tensor(value, dtype=torch.float64)
+def _float64(value: Tensor | float) -> Number:
+    """Python numbers stay floats (computed in double precision by Python); tensors become
+    float64 tensors."""
+    if isinstance(value, Tensor):
+        return value.to(torch.float64)
+    return float(value)
 
 
 def coefficients(
     target: Target | str, alpha: Tensor | float, sigma: Tensor | float, sigma_data: float = 0.5
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Number, Number]:
     """(a, b) in float64 with target = a x_t + b x0 at (alpha, sigma) (see the module table).
 
-    ``alpha`` and ``sigma`` are scalars or per-sample tensors [B].
+    ``alpha`` and ``sigma`` are Python floats (the result is floats) or tensors, 0-dim or
+    per-sample [B] (the result is float64 tensors).
     """
     alpha, sigma = _float64(alpha), _float64(sigma)
     return _TABLE[Target.parse(target)](alpha, sigma, sigma_data)
@@ -107,7 +122,8 @@ def convert(
     Args:
         value: the prediction, [B, *D].
         x_t: the noisy input it was made from, [B, *D].
-        alpha, sigma: scalars or [B] (any positive values: VP, VE or neither).
+        alpha, sigma: floats, or tensors 0-dim or [B] (any positive values: VP, VE or
+            neither).
         sigma_data: EDM's data standard deviation, used only by the ``edm`` target.
 
     Returns:
@@ -124,18 +140,21 @@ def convert(
     a_p, b_p = coefficients(source, alpha, sigma, sigma_data)
     a_q, b_q = coefficients(dest, alpha, sigma, sigma_data)
     ratio = b_q / b_p
+    if isinstance(ratio, float):  # one time for the batch: two kernels, no coefficient tensors
+        return scaled_sum(ratio, value, a_q - ratio * a_p, x_t)
     return expand_to(a_q - ratio * a_p, x_t) * x_t + expand_to(ratio, value) * value
 
 
 def input_scale(
     target: Target | str, alpha: Tensor | float, sigma: Tensor | float, sigma_data: float = 0.5
-) -> Tensor:
+) -> Number:
     """Scale applied to x_t before the network: EDM's c_in / alpha = 1 / sqrt(sigma^2 +
-    alpha^2 sd^2) (Karras et al. 2022, table 1, in x_t coordinates); 1 for other targets."""
+    alpha^2 sd^2) (Karras et al. 2022, table 1, in x_t coordinates); 1 for other targets.
+    Floats for float arguments, float64 tensors otherwise."""
     alpha, sigma = _float64(alpha), _float64(sigma)
     if Target.parse(target) is Target.EDM:
-        return 1.0 / torch.sqrt(sigma.square() + (alpha * sigma_data).square())
-    return torch.ones_like(alpha * sigma)
+        return 1.0 / (sigma**2 + (alpha * sigma_data) ** 2) ** 0.5
+    return 0.0 * alpha * sigma + 1.0
 
 
 @dataclass(frozen=True)

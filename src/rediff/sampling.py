@@ -18,7 +18,7 @@ from rediff._tensor import Tensor
 from rediff.model import Denoiser
 from rediff.noise import Randomness, SharedNoise, offset
 from rediff.samplers._common import noise_like
-from rediff.transitions import point_at, transition_variance
+from rediff.transitions import Point, point_at, transition_variance
 
 
 class CountingDenoiser(Denoiser):
@@ -32,6 +32,10 @@ class CountingDenoiser(Denoiser):
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         self.calls += 1
         return self.denoiser(x_t, t, **cond)
+
+    def at(self, x_t: Tensor, point: Point, **cond: Any) -> Tensor:
+        self.calls += 1
+        return self.denoiser.at(x_t, point, **cond)
 
     def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
         self.calls += 1

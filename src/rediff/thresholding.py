@@ -24,6 +24,7 @@ import torch
 
 from rediff._tensor import Tensor, expand_to
 from rediff.model import Denoiser
+from rediff.transitions import Point
 
 
 def _finite(name: str, value: float) -> float:
@@ -44,6 +45,9 @@ class _Wrapped(Denoiser):
 
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         return self.limit(self.denoiser(x_t, t, **cond))
+
+    def at(self, x_t: Tensor, point: Point, **cond: Any) -> Tensor:
+        return self.limit(self.denoiser.at(x_t, point, **cond))
 
     def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
         x0, fraction = self.denoiser.with_variance(x_t, t, **cond)

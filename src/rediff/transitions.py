@@ -54,17 +54,36 @@ def points(schedule: Schedule, ts: Tensor, *, from_pure_noise: bool = False) -> 
     """Validate the grid ``ts`` against ``schedule`` (``grids.check``) and return the
     coordinates of its times, as Python floats. A grid starting where alpha = 0 (pure noise:
     flow matching's t = 1) is refused unless the sampler can step from there
-    (``from_pure_noise``: DDIM, DDPM, Euler)."""
-    ts = grids.check(schedule, ts)
-    if not from_pure_noise and float(schedule.alpha(ts[:1])) == 0.0:
+    (``from_pure_noise``: DDIM, DDPM, Euler).
+
+    The coordinates are computed once per (schedule, grid), vectorised, and cached (the last
+    64 grids): every later batch sampled on the same grid reuses them."""
+    times = torch.as_tensor(ts).detach().to("cpu", torch.float64)
+    if times.ndim != 1:
+        grids.check(schedule, times)  # raises, naming the shape
+    grid = _grid(schedule, tuple(times.tolist()))
+    if not from_pure_noise and grid[0].alpha == 0.0:
         raise ValueError(
-            f"the grid starts at t = {float(ts[0])}, pure noise (alpha = 0, infinite noise "
+            f"the grid starts at t = {grid[0].t}, pure noise (alpha = 0, infinite noise "
             "level), which this sampler cannot step from; use ddim, ddpm or euler there, or a "
             "grid with t_max < 1 (grids.make(..., t_max=0.999))"
         )
-    alpha, sigma = schedule.alpha(ts).tolist(), schedule.sigma(ts).tolist()
-    lam = (0.5 * schedule.log_snr(ts)).tolist()
-    return [Point(*p) for p in zip(ts.tolist(), alpha, sigma, lam, strict=True)]
+    return list(grid)
+
+
+def clear_cache() -> None:
+    """Forget every cached grid (benchmarks measure the first batch's cost with it)."""
+    _grid.cache_clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(schedule: Schedule, ts: tuple[float, ...]) -> tuple[Point, ...]:
+    """The validated grid's points (schedules are immutable and hashable, Points frozen)."""
+    ts = grids.check(schedule, torch.as_tensor(ts, dtype=torch.float64))
+    log_alpha, log_sigma = schedule.log_coefficients(ts)
+    alpha, sigma = log_alpha.exp().tolist(), log_sigma.exp().tolist()
+    lam = (log_alpha - log_sigma).tolist()
+    return tuple(Point(*p) for p in zip(ts.tolist(), alpha, sigma, lam, strict=True))
 
 
 def point_at(schedule: Schedule, t: float) -> Point:

@@ -13,7 +13,7 @@
 | `ode`                    | `ode` (adaptive, torchdiffeq)     | adaptive             |
 | `dpm_solver1/2/3`        | `dpm_solver` (single-step)        | order                |
 | `dpm++2m`, `dpm++3m`     | `dpm_solver_pp` (multistep)       | 1                    |
-| `dpm++2m-sde`            | `dpm_solver_pp(sde=True)`         | 1                    |
+| `dpm++2m-sde`            | `dpm_solver_pp(sde=True)` (midpoint, heun) | 1           |
 | `unipc`, `unipc3`        | `unipc` (order 2, 3)              | 1                    |
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 from rediff.samplers._common import Step
 from rediff.samplers.analytic import GammaTable, estimate_gamma
 from rediff.samplers.ancestral import Variance, ddim, ddpm
-from rediff.samplers.dpm_solver import dpm_solver, dpm_solver_pp
+from rediff.samplers.dpm_solver import SolverType, dpm_solver, dpm_solver_pp
 from rediff.samplers.ode import euler, heun, ode
 from rediff.samplers.sde import Predictor, annealed_langevin, euler_maruyama, predictor_corrector
 from rediff.samplers.unipc import unipc
@@ -82,6 +82,7 @@ __all__ = [
     "Entry",
     "GammaTable",
     "Predictor",
+    "SolverType",
     "Step",
     "Variance",
     "annealed_langevin",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rediff import noise
-from rediff._tensor import Tensor, check_finite
+from rediff._tensor import Combination, Tensor, check_finite
 from rediff.model import Denoiser
 from rediff.parametrization import Target, convert
 from rediff.transitions import Point, expm1_neg
@@ -49,22 +49,18 @@ def noise_like(x: Tensor, generator: noise.Randomness, i: int, p: Point, q: Poin
     return noise.draw(generator, x.shape, x.dtype, x.device, step=i, t=p.t, t_next=q.t)
 
 
-def eps_from_x0(x: Tensor, x0_hat: Tensor, p: Point) -> Tensor:
-    """eps_hat = (x - alpha x0_hat) / sigma, through the one conversion module."""
-    return convert(x0_hat, x, p.alpha, p.sigma, Target.X0, Target.EPS)
-
-
-def data_step(x: Tensor, x0_hat: Tensor, p: Point, q: Point) -> Tensor:
+def data_step(x: Combination, x0_hat: Combination, p: Point, q: Point) -> Combination:
     """The first-order exponential-integrator step in data prediction, from p to q (Lu et al.
     2022b, DPM-Solver++ eq. 8 with D constant; = DDIM with eta = 0; UniPC's base):
-    x_q = (sigma_q / sigma_p) x_p + alpha_q (1 - e^{-h}) x0_hat, h = lam_q - lam_p."""
+    x_q = (sigma_q / sigma_p) x_p + alpha_q (1 - e^{-h}) x0_hat, h = lam_q - lam_p (lazy:
+    the samplers add their higher-order terms before evaluating)."""
     return (q.sigma / p.sigma) * x + q.alpha * expm1_neg(q.lam - p.lam) * x0_hat
 
 
 def evaluate(denoiser: Denoiser, x: Tensor, p: Point, target: Target) -> tuple[Tensor, Tensor]:
     """One denoiser evaluation at point p, as ``target`` (converted by the one conversion
     module) and as x0_hat."""
-    x0 = denoiser(x, p.t)
+    x0 = denoiser.at(x, p)
     return convert(x0, x, p.alpha, p.sigma, Target.X0, target), x0
 
 

@@ -25,13 +25,13 @@ import itertools
 import math
 
 from rediff._choices import Choice
-from rediff._tensor import Tensor
+from rediff._tensor import Tensor, scaled_sum
 from rediff.model import Denoiser
 from rediff.noise import Randomness
+from rediff.parametrization import Target, coefficients
 from rediff.samplers._common import (
     Callback,
     check_positive,
-    eps_from_x0,
     noise_like,
     notify,
     working,
@@ -70,10 +70,14 @@ def _family_step(
     a number or a tensor of per-element variances."""
     if q.is_data:
         return x0
-    mean = q.alpha * x0 + math.sqrt(max(q.sigma**2 - v, 0.0)) * eps_from_x0(x, x0, p)
+    a, b = coefficients(Target.EPS, p.alpha, p.sigma)  # eps_hat = a x + b x0
+    k = math.sqrt(max(q.sigma**2 - v, 0.0))
+    mean = scaled_sum(k * a, x, q.alpha + k * b, x0)
     if isinstance(w, Tensor):
-        return mean + w.sqrt().to(mean.dtype) * noise_like(x, generator, i, p, q)
-    return mean + math.sqrt(w) * noise_like(x, generator, i, p, q) if w > 0 else mean
+        return mean + w.sqrt().to(x.dtype) * noise_like(x, generator, i, p, q)
+    if w > 0:
+        return mean.add_(noise_like(x, generator, i, p, q), alpha=math.sqrt(w))
+    return mean
 
 
 def _gamma_at(gamma: GammaTable | None, p: Point) -> float:
@@ -101,7 +105,7 @@ def ddim(
     grid, x_in = points(denoiser.schedule, ts, from_pure_noise=True), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
-        x0 = denoiser(x, p.t)
+        x0 = denoiser.at(x, p)
         v = eta**2 * posterior_variance(p, q)
         w = v if gamma is None or eta == 0 else optimal_variance(p, q, v, _gamma_at(gamma, p))
         x = _family_step(x, x0, p, q, v, w, generator, i)
@@ -131,7 +135,7 @@ def ddpm(
             x0, fraction = denoiser.with_variance(x, p.t)
             w = learned_variance(p, q, fraction)
         else:
-            x0 = denoiser(x, p.t)
+            x0 = denoiser.at(x, p)
             if variance is Variance.BETA:
                 w = transition_variance(p, q)
             elif variance is Variance.BETA_TILDE:

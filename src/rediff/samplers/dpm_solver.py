@@ -17,7 +17,8 @@ from __future__ import annotations
 import itertools
 import math
 
-from rediff._tensor import Tensor
+from rediff._choices import Choice
+from rediff._tensor import Combination, Tensor
 from rediff.model import Denoiser
 from rediff.noise import Randomness
 from rediff.parametrization import Target
@@ -115,36 +116,58 @@ def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int)
     return d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), 2.0 * (d1_0 - d1_1) / (r0 + r1)
 
 
-def _pp_ode_step(x, history, p: Point, q: Point, order: int) -> Tensor:
-    """x_q = (sigma_q/sigma_p) x - alpha_q phi_1 D_0 [- alpha_q phi_1 D1 / 2 (2M)]
-    [+ alpha_q phi_2 D1 - alpha_q phi_3 D2 (3M)], phi_1 = e^{-h} - 1, phi_2 = phi_1/h + 1,
-    phi_3 = phi_2/h - 1/2: the exact integral of e^{lam - lam_q} D for D quadratic in lam."""
+class SolverType(Choice, noun="solver type"):
+    """How a second-order DPM-Solver++ step weighs the divided difference D1 ~ h D'
+    (diffusers' and k-diffusion's ``solver_type``):
+
+    - ``midpoint``: the weight of D evaluated at the step's midpoint in lam, 1/2 of the
+      first-order weight (Lu et al. 2022b, algorithm 2; the ODE default of the paper, of
+      diffusers and k-diffusion, and their SDE default);
+    - ``heun``: the exact integral for D linear in lam (the trapezoidal-rule weight).
+    """
+
+    MIDPOINT = "midpoint"
+    HEUN = "heun"
+
+
+def _pp_ode_step(
+    x: Combination, history, p: Point, q: Point, order: int, solver_type: SolverType
+) -> Combination:
+    """x_q = (sigma_q/sigma_p) x - alpha_q phi_1 D_0 [- alpha_q phi_1 D1 / 2 (2M midpoint)]
+    [+ alpha_q phi_2 D1 (2M heun, 3M)] [- alpha_q phi_3 D2 (3M)], phi_1 = e^{-h} - 1,
+    phi_2 = phi_1/h + 1, phi_3 = phi_2/h - 1/2: the exact integral of e^{lam - lam_q} D for D
+    quadratic in lam (linear with 'heun')."""
     h = q.lam - p.lam
     phi_1 = -expm1_neg(h)
     x_next = data_step(x, history[-1][1], p, q)
     if order == 1:
         return x_next
     d1, d2 = _data_derivatives(history, h, order)
-    if order == 2:
+    if order == 2 and solver_type is SolverType.MIDPOINT:
         return x_next - 0.5 * q.alpha * phi_1 * d1
     phi_2 = phi_1 / h + 1.0
+    if order == 2:
+        return x_next + q.alpha * phi_2 * d1
     phi_3 = phi_2 / h - 0.5
     return x_next + q.alpha * phi_2 * d1 - q.alpha * phi_3 * d2
 
 
-def _pp_sde_step(x, history, p: Point, q: Point, order: int, generator, i: int) -> Tensor:
-    """SDE-DPM-Solver++ (Lu et al. 2022b, section 5) with the data term integrated exactly
-    for D linear in lam:
-    x_q = (sigma_q/sigma_p) e^{-h} x + alpha_q (1 - e^{-2h}) D_0
-          + alpha_q (h - (1 - e^{-2h})/2) D' + sigma_q sqrt(1 - e^{-2h}) z,  D' = D1 / h."""
+def _pp_sde_step(
+    x: Combination, history, p: Point, q: Point, order: int, solver_type: SolverType, z: Tensor
+) -> Combination:
+    """SDE-DPM-Solver++ (Lu et al. 2022b, section 5), k = 1 - e^{-2h}, D' = D1 / h:
+    x_q = (sigma_q/sigma_p) e^{-h} x + alpha_q k D_0 + w alpha_q D1 + sigma_q sqrt(k) z, with
+    w = k / 2 ('midpoint', diffusers' and k-diffusion's default) or w = 1 - k / (2h) (the
+    exact integral of the data term for D linear in lam, 'heun'); both are weakly second
+    order, differing by O(h^2) D1 a step."""
     h = q.lam - p.lam
-    d0 = history[-1][1]
     k = expm1_neg(2.0 * h)
-    x_next = (q.sigma / p.sigma) * math.exp(-h) * x + q.alpha * k * d0
+    x_next = (q.sigma / p.sigma) * math.exp(-h) * x + q.alpha * k * history[-1][1]
     if order == 2:
         d1, _ = _data_derivatives(history, h, 2)
-        x_next = x_next + q.alpha * (1.0 - k / (2.0 * h)) * d1
-    return x_next + q.sigma * math.sqrt(k) * noise_like(x, generator, i, p, q)
+        w = 0.5 * k if solver_type is SolverType.MIDPOINT else 1.0 - k / (2.0 * h)
+        x_next = x_next + q.alpha * w * d1
+    return x_next + q.sigma * math.sqrt(k) * Combination.of(z)
 
 
 def dpm_solver_pp(
@@ -156,21 +179,27 @@ def dpm_solver_pp(
     callback: Callback | None = None,
     order: int = 2,
     sde: bool = False,
+    solver_type: SolverType | str = SolverType.MIDPOINT,
 ) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b): order 1 (= DDIM), 2 (2M) or 3 (3M), one
     evaluation per step, lower orders while the history fills up and for the step into
-    t = 0. ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects fresh noise."""
+    t = 0. ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects fresh noise.
+    ``solver_type`` ('midpoint' or 'heun', see ``SolverType``) shapes the second-order
+    steps."""
     check_order(order, (1, 2) if sde else (1, 2, 3))
+    solver_type = SolverType.parse(solver_type)
     grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
-    history: list[tuple[float, Tensor]] = []
+    history: list[tuple[float, Combination]] = []
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
-        x0 = denoiser(x, p.t)
-        history = push(history, (p.lam, x0), order)
+        x0 = denoiser.at(x, p)
+        history = push(history, (p.lam, Combination.of(x0)), order)
         step_order = 1 if q.is_data else min(order, len(history))
         if sde and not q.is_data:
-            x = _pp_sde_step(x, history, p, q, step_order, generator, i)
+            z = noise_like(x, generator, i, p, q)
+            x = _pp_sde_step(Combination.of(x), history, p, q, step_order, solver_type, z)
         else:
-            x = _pp_ode_step(x, history, p, q, step_order)
+            x = _pp_ode_step(Combination.of(x), history, p, q, step_order, solver_type)
+        x = x.value()
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from rediff._tensor import Tensor
+from rediff._tensor import Tensor, lazy
 from rediff.model import Denoiser
 from rediff.noise import Randomness
 from rediff.samplers._common import (
@@ -47,8 +47,8 @@ def euler(
     grid, x_in = points(denoiser.schedule, ts, from_pure_noise=True), x
     x = working(x)
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
-        x0 = denoiser(x, p.t)
-        x = data_step(x, x0, p, q)
+        x0 = denoiser.at(x, p)
+        x = data_step(*lazy(x, x0), p, q).value()
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 
@@ -95,12 +95,12 @@ def heun(
         gamma = min(churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= p.noise_level <= s_tmax else 0.0
         if gamma > 0:
             x, p = _churn(denoiser, x, p, gamma, s_noise, generator, i)
-        x0 = denoiser(x, p.t)
+        x0 = denoiser.at(x, p)
         y = x / p.alpha
         slope = (y - x0) / p.noise_level
         y_next = y + (q.noise_level - p.noise_level) * slope
         if not q.is_data:  # second-order correction (trapezoidal rule)
-            x0_next = denoiser(q.alpha * y_next, q.t)
+            x0_next = denoiser.at(q.alpha * y_next, q)
             slope_next = (y_next - x0_next) / q.noise_level
             y_next = y + (q.noise_level - p.noise_level) * 0.5 * (slope + slope_next)
         x = q.alpha * y_next
@@ -170,7 +170,7 @@ def ode(
         x = end.alpha * y
     x0 = x
     if grid[-1].is_data:
-        x0 = denoiser(x, end.t)
+        x0 = denoiser.at(x, end)
         x = x0
     notify(callback, 0, start, grid[-1], x, x0)
     return x.to(x_in.dtype)

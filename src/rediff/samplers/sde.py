@@ -164,7 +164,7 @@ def annealed_langevin(
         x = anneal(x, i, p)
         x0 = x
         if q.is_data:
-            x0 = denoiser(x, p.t)
+            x0 = denoiser.at(x, p)
             x = x0
         notify(callback, i, p, q, x, x0)
     if not grid[-1].is_data:

@@ -15,12 +15,14 @@ The step into t = 0 is first order (it returns x0_hat) and is not corrected.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 
 import torch
 
-from rediff._tensor import Tensor
+from rediff._tensor import Combination, Tensor
 from rediff.model import Denoiser
 from rediff.noise import Randomness
 from rediff.samplers._common import Callback, check_order, data_step, notify, push, working
@@ -50,7 +52,11 @@ def _weights(rks: list[float], h: float) -> list[float]:
 
 
 def _update(
-    x: Tensor, history: list[tuple[float, Tensor]], p: Point, q: Point, new: Tensor | None
+    x: Tensor,
+    history: list[tuple[float, Combination]],
+    p: Point,
+    q: Point,
+    new: Tensor | None,
 ) -> Tensor:
     """UniP from x at p (history ends with (lam_p, D_p)); with ``new`` = D at the predicted
     point q, UniC instead."""
@@ -59,14 +65,15 @@ def _update(
     rks = [(lam - p.lam) / h for lam, _ in history[:-1]]
     diffs = [(d - d_p) / r for r, (_, d) in zip(rks, history[:-1], strict=True)]
     if new is not None:
-        rks, diffs = [*rks, 1.0], [*diffs, new - d_p]
-    x_next = data_step(x, d_p, p, q)
-    if not diffs:
-        return x_next
-    weights = _weights(rks, h)
-    b_h = math.expm1(-h)
-    correction = sum(w * d for w, d in zip(weights, diffs, strict=True))
-    return x_next - q.alpha * b_h * correction
+        rks, diffs = [*rks, 1.0], [*diffs, Combination.of(new) - d_p]
+    x_next = data_step(Combination.of(x), d_p, p, q)
+    if diffs:
+        weights = _weights(rks, h)
+        correction = functools.reduce(
+            operator.add, (w * d for w, d in zip(weights, diffs, strict=True))
+        )
+        x_next = x_next - q.alpha * math.expm1(-h) * correction
+    return x_next.value()
 
 
 def unipc(
@@ -85,14 +92,14 @@ def unipc(
     check_order(order, (1, 2, 3))
     grid, x_in = points(denoiser.schedule, ts), x
     x = working(x)
-    history: list[tuple[float, Tensor]] = []
-    previous: tuple[Tensor, Point, list[tuple[float, Tensor]]] | None = None
+    history: list[tuple[float, Combination]] = []
+    previous: tuple[Tensor, Point, list[tuple[float, Combination]]] | None = None
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
-        d_p = denoiser(x, p.t)
+        d_p = denoiser.at(x, p)
         if corrector and previous is not None:  # UniC on the last step, reusing D(x_p)
             x_prev, p_prev, hist_prev = previous
             x = _update(x_prev, hist_prev, p_prev, p, d_p)
-        history = push(history, (p.lam, d_p), order)
+        history = push(history, (p.lam, Combination.of(d_p)), order)
         step_history = history[-1:] if q.is_data else history
         previous = (x, p, step_history)
         x = _update(x, step_history, p, q, None)

@@ -185,6 +185,16 @@ class Schedule(ABC):
         t = self.check_t(t)
         return torch.where(t == 0, -math.inf, self._log_sigma(t))
 
+    def log_coefficients(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """(log alpha(t), log sigma(t)) from one range check: what a grid's coordinates need
+        (``transitions.points``); the same values as ``log_alpha`` and ``log_sigma``."""
+        t = self.check_t(t)
+        zero = t == 0
+        return (
+            torch.where(zero, 0.0, self._log_alpha(t)),
+            torch.where(zero, -math.inf, self._log_sigma(t)),
+        )
+
     def alpha(self, t: Tensor | float) -> Tensor:
         """Signal scale alpha(t) of q(x_t | x0)."""
         return torch.exp(self.log_alpha(t))
