@@ -137,6 +137,8 @@ def test_rediff_nll_on_continuous_and_discrete_runs(tmp_path, capsys):
     toy = _small_run(tmp_path, "data.n=400", "model.width=16", steps=3)
     assert main(["nll", str(toy), "--n", "32", "--rtol", "1e-3"]) == 0
     assert "| ode | nats/dim |" in (toy / "nll_ode.md").read_text()
+    assert main(["nll", str(toy), "--n", "32"]) == 0  # default: the 40-evaluation solver
+    assert (toy / "nll_ode.md").read_text().rstrip().endswith("| 40 |")
     assert "nats/dim" in capsys.readouterr().out
     with pytest.raises(ValueError, match="needs quantised data"):
         evaluation.run_nll(toy, "vlb")

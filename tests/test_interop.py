@@ -506,3 +506,22 @@ def test_dpm_solver_pp_on_the_linear_grid_is_diffusers_flow_dpm_solver(shift):
     rounded = samplers.dpm_solver_pp(den, x_T.float(), ts, order=2).double()
     floor = float((rounded - ours).abs().max())
     assert float((ours - x.double()).abs().max()) <= 4 * floor
+
+
+def test_hutchinson_probes_on_a_diffusers_unet_match_one_by_one(tmp_path):
+    """diffusers' UNet2DModel cannot be batched by vmap in its backward pass; the divergence
+    estimate then takes one pass per probe and gives what the probes give one at a time."""
+    from rediff import divergence
+
+    _folder(tmp_path)
+    model = interop.load_diffusers(tmp_path).double()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x.requires_grad_(True)
+    out = model(x, 0.5)
+    probes = divergence.draw_probes(x, 3, generator=torch.Generator().manual_seed(1))
+    one_by_one = [
+        (torch.autograd.grad(out, x, v, retain_graph=True)[0] * v).flatten(1).sum(1) for v in probes
+    ]
+    torch.testing.assert_close(
+        divergence.hutchinson(out, x, probes), torch.stack(one_by_one).mean(0)
+    )

@@ -20,7 +20,14 @@ from rediff import (
     schedules,
     variational,
 )
-from rediff.likelihood import Solver, decode, dequantized_nll, encode, log_likelihood
+from rediff.likelihood import (
+    Multistep,
+    Solver,
+    decode,
+    dequantized_nll,
+    encode,
+    log_likelihood,
+)
 from rediff.model import (
     NULL_LABEL,
     Conditioned,
@@ -40,6 +47,7 @@ __all__ = [
     "Conditioned",
     "Denoiser",
     "DiffusionModel",
+    "Multistep",
     "NoisyClassifier",
     "Prediction",
     "Resampling",

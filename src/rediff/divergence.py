@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from rediff._choices import Choice
-from rediff._tensor import Tensor, randn, sum_except_batch
+from rediff._tensor import Tensor, randn
 
 
 class Probe(Choice):
@@ -45,9 +45,22 @@ def exact(f: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
 
 
 def hutchinson(f: Tensor, x: Tensor, probes: Tensor, create_graph: bool = False) -> Tensor:
-    """The mean over probes v [n, *D] of v^T (df/dx) v per sample: [B]."""
-    total = torch.zeros(f.shape[0], dtype=f.dtype, device=f.device)
-    for v in probes:
-        (vjp,) = torch.autograd.grad((f * v).sum(), x, create_graph=create_graph, retain_graph=True)
-        total = total + sum_except_batch(vjp * v)
-    return total / probes.shape[0]
+    """The mean over probes v [n, *D] of v^T (df/dx) v per sample: [B]. All n
+    vector-Jacobian products come from one batched backward pass (``is_grads_batched``:
+    vmap over the graph), so many probes cost one call, not n; a graph that vmap cannot
+    batch (diffusers' UNet2DModel asks for memory formats) takes one pass per probe."""
+    try:
+        (vjps,) = torch.autograd.grad(
+            f, x, probes, create_graph=create_graph, retain_graph=True, is_grads_batched=True
+        )
+    except RuntimeError as error:
+        if "vmap" not in str(error):
+            raise
+        vjps = torch.stack(
+            [
+                torch.autograd.grad(f, x, v, create_graph=create_graph, retain_graph=True)[0]
+                for v in probes
+            ]
+        )
+    products = (vjps * probes).reshape(probes.shape[0], f.shape[0], -1).sum(dim=2)
+    return products.mean(dim=0)

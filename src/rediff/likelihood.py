@@ -22,14 +22,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rediff import divergence, variational
 from rediff._choices import Choice
-from rediff._tensor import Tensor, check_finite
+from rediff._tensor import Combination, Tensor, check_finite
 from rediff.model import Denoiser
-from rediff.samplers._common import check_positive
+from rediff.samplers._common import check_positive, push
 from rediff.samplers.ode import flow_velocity
+from rediff.samplers.unipc import unipc_update
+from rediff.transitions import Point
 
 _LN2 = math.log(2.0)
 
@@ -88,6 +91,98 @@ class Solver:
         return tuple(part[-1] for part in odeint(rhs, start, span, **options))
 
 
+@dataclass(frozen=True)
+class Multistep:
+    """A fixed budget of ``steps + 1`` right-hand-side evaluations, one per node, for the
+    flow and its log-density together (issue 18).
+
+    The state y follows dy/du = y - D(u) (D = x0_hat), whose linear part is integrated
+    exactly: with u = log s = -lam this is the data-prediction exponential integrator in
+    EDM's coordinates (alpha = 1, sigma = e^u), stepped by UniPC's predictor of ``order``
+    (Zhao et al. 2023, UniP-p with B(h) = e^{-h} - 1, ``samplers.unipc``) from the outputs
+    D at the previous nodes, so each node costs one evaluation. Every other state
+    component (the log-density) has a right-hand side that does not depend on it: its
+    integral is the composite quadrature of the values at the nodes, each interval
+    integrating the cubic through its four nearest nodes (fourth order; the integrand,
+    sigma tr(d eps_hat / d x), is a smooth sigmoid-like function of u).
+
+    The nodes are uniform in asinh((lam - centre) / width): dense around lam = ``centre``
+    (noise level e^{-centre} = 0.37 by default, where data of unit scale is resolved) and
+    geometrically sparser towards both ends, where the flow is nearly linear. Measured
+    (benchmarks/results/likelihood.md): 40 evaluations reach 0.01 nats/dim on the benchmark
+    mixtures, where adaptive dopri5 needs about 100.
+    """
+
+    steps: int = 39
+    order: int = 3
+    centre: float = 1.0
+    width: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}")
+        check_positive("width", self.width)
+        if not math.isfinite(self.centre):
+            raise ValueError(f"centre must be finite, got {self.centre!r}")
+
+    def nodes(self, u_from: float, u_to: float) -> list[float]:
+        """The ``steps + 1`` nodes in u from u_from to u_to, both ends exact."""
+        a = math.asinh((-u_from - self.centre) / self.width)
+        b = math.asinh((-u_to - self.centre) / self.width)
+        inner = [
+            -(self.centre + self.width * math.sinh(a + (b - a) * k / self.steps))
+            for k in range(1, self.steps)
+        ]
+        return [u_from, *inner, u_to]
+
+    def solve(self, rhs, start, u_from: float, u_to: float):
+        """The state at u_to: start[0] by the exponential multistep, the rest by quadrature."""
+        us = self.nodes(u_from, u_to)
+        y, history, values = start[0], [], []
+        for k, u in enumerate(us):
+            velocity, *rest = rhs(torch.tensor(u, dtype=torch.float64), (y, *start[1:]))
+            values.append(rest)
+            if k == len(us) - 1:
+                break
+            p, q = _edm_point(u), _edm_point(us[k + 1])
+            history = push(history, (p.lam, Combination.of(y - velocity)), self.order)
+            y = unipc_update(y, history, p, q, None)
+        weights = quadrature_weights(us)
+        integrals = [
+            part + sum(w * value[j] for w, value in zip(weights, values, strict=True))
+            for j, part in enumerate(start[1:])
+        ]
+        return (y, *integrals)
+
+
+def _edm_point(u: float) -> Point:
+    """The point of noise level e^u in EDM's coordinates (alpha = 1, sigma = e^u)."""
+    return Point(u, 1.0, math.exp(u), -u)
+
+
+def quadrature_weights(nodes: list[float]) -> list[float]:
+    """w with sum_k w_k f(nodes[k]) = int f from nodes[0] to nodes[-1] (nodes monotone, any
+    spacing): each interval integrates the Lagrange cubic through its four nearest nodes
+    (fewer when there are fewer), exact for cubics."""
+    n, weights = len(nodes), [0.0] * len(nodes)
+    m = min(4, n)
+    for k in range(n - 1):
+        first = max(0, min(k - 1, n - m))
+        stencil = list(range(first, first + m))
+        for i in stencil:
+            basis = np.polynomial.Polynomial([1.0])
+            for j in stencil:
+                if j != i:
+                    basis = (
+                        basis * np.polynomial.Polynomial([-nodes[j], 1.0]) / (nodes[i] - nodes[j])
+                    )
+            antiderivative = basis.integ()
+            weights[i] += float(antiderivative(nodes[k + 1]) - antiderivative(nodes[k]))
+    return weights
+
+
 class _Flow:
     """The probability-flow ODE of a denoiser in (y = x / alpha, u = log s), with the time
     range's coordinates and a count of right-hand-side evaluations. The state is float64;
@@ -107,7 +202,9 @@ class _Flow:
         return flow_velocity(self.denoiser, u, y, (self.u0, self.u1), self.dtype, **self.cond)
 
 
-def _transport(denoiser: Denoiser, x: Tensor, to_latent: bool, solver: Solver, cond) -> Tensor:
+def _transport(
+    denoiser: Denoiser, x: Tensor, to_latent: bool, solver: Solver | Multistep, cond
+) -> Tensor:
     check_finite("x" if to_latent else "latent", x)
     flow = _Flow(denoiser, cond, x.dtype)
     a_from, a_to = (flow.a0, flow.a1) if to_latent else (flow.a1, flow.a0)
@@ -117,12 +214,14 @@ def _transport(denoiser: Denoiser, x: Tensor, to_latent: bool, solver: Solver, c
     return (a_to * y).to(x.dtype)
 
 
-def encode(denoiser: Denoiser, x: Tensor, solver: Solver = Solver(), **cond) -> Tensor:
+def encode(denoiser: Denoiser, x: Tensor, solver: Solver | Multistep = Solver(), **cond) -> Tensor:
     """The ODE encoding of data x (taken at t_min) into the latent x_{t_max}, deterministic."""
     return _transport(denoiser, x, True, solver, cond)
 
 
-def decode(denoiser: Denoiser, latent: Tensor, solver: Solver = Solver(), **cond) -> Tensor:
+def decode(
+    denoiser: Denoiser, latent: Tensor, solver: Solver | Multistep = Solver(), **cond
+) -> Tensor:
     """The ODE decoding of a latent x_{t_max} into data (at t_min): the inverse of ``encode``."""
     return _transport(denoiser, latent, False, solver, cond)
 
@@ -134,7 +233,7 @@ def log_likelihood(
     trace: Trace | str = Trace.EXACT,
     probes: int = 1,
     probe: divergence.Probe | str = divergence.Probe.RADEMACHER,
-    solver: Solver = Solver(),
+    solver: Solver | Multistep = Multistep(),
     generator: torch.Generator | None = None,
     **cond,
 ) -> Likelihood:
@@ -143,7 +242,8 @@ def log_likelihood(
     Args:
         trace: ``exact`` (small d) or ``hutchinson`` with ``probes`` probes of kind ``probe``
             (drawn from ``generator`` once, kept along the path: an unbiased estimate).
-        solver: see ``Solver`` (adaptive dopri5 at rtol = atol = 1e-5 by default).
+        solver: ``Multistep()`` (the default: 40 evaluations) or ``Solver`` (adaptive
+            torchdiffeq, e.g. ``Solver(1e-5, 1e-5)`` for a reference value).
         cond: conditioning passed to the denoiser.
     """
     check_finite("x", x)

@@ -250,7 +250,13 @@ def _add_nll(sub) -> None:
         default=50,
         help="VLB steps sampled per point (0 = the full sum); masked diffusion: time samples",
     )
-    nll.add_argument("--rtol", type=float, default=1e-5, help="ODE tolerance (rtol = atol)")
+    nll.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="solve the ODE adaptively at this tolerance (rtol = atol); default: the "
+        "40-evaluation multistep solver",
+    )
     nll.add_argument("--seed", type=int, default=0)
     nll.set_defaults(func=commands.nll)
 

@@ -51,7 +51,7 @@ def _weights(rks: list[float], h: float) -> list[float]:
     return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
 
 
-def _update(
+def unipc_update(
     x: Tensor,
     history: list[tuple[float, Combination]],
     p: Point,
@@ -98,10 +98,10 @@ def unipc(
         d_p = denoiser.at(x, p)
         if corrector and previous is not None:  # UniC on the last step, reusing D(x_p)
             x_prev, p_prev, hist_prev = previous
-            x = _update(x_prev, hist_prev, p_prev, p, d_p)
+            x = unipc_update(x_prev, hist_prev, p_prev, p, d_p)
         history = push(history, (p.lam, Combination.of(d_p)), order)
         step_history = history[-1:] if q.is_data else history
         previous = (x, p, step_history)
-        x = _update(x, step_history, p, q, None)
+        x = unipc_update(x, step_history, p, q, None)
         notify(callback, i, p, q, x, d_p)
     return x.to(x_in.dtype)
