@@ -18,6 +18,7 @@ from rediff import (
     parametrization,
     samplers,
     schedules,
+    tuning,
     variational,
 )
 from rediff.likelihood import (
@@ -71,6 +72,7 @@ __all__ = [
     "sample",
     "samplers",
     "schedules",
+    "tuning",
     "variational",
     "vlb",
 ]

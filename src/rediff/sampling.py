@@ -105,6 +105,7 @@ def sample(
     t_min: float | None = None,
     t_max: float | None = None,
     shift: float = 1.0,
+    ts: Tensor | None = None,
     generator: Randomness = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -115,22 +116,28 @@ def sample(
 ) -> Samples:
     """Draw samples of ``shape`` = (n, *D): x_T from the prior, then the named sampler over a
     ``steps``-step grid of the named spacing (default: the sampler's own, see
-    ``samplers.REGISTRY``) over [t_min, t_max], moved by SD3's ``shift`` (``grids.make``).
-    Extra ``options`` go to the sampler (eta, order, churn, rtol, ...).
+    ``samplers.REGISTRY``) over [t_min, t_max], moved by SD3's ``shift`` (``grids.make``), or
+    the explicit grid ``ts`` (e.g. from ``tuning.optimize``; then steps, spacing, final_step,
+    t_min, t_max and shift are not used). Extra ``options`` go to the sampler (eta, order,
+    churn, rtol, ...).
     ``shared`` makes groups of samples share their noise (``SharedNoise``); ``resampling``
     repeats segments of the grid (``Resampling``, for inpainting). Returns
     ``Samples(x, nfe, ts)``."""
     entry = samplers.get(sampler)
     spacing = entry.spacing if spacing is None else spacing
-    ts = grids.make(
-        denoiser.schedule,
-        steps,
-        spacing,
-        t_min=t_min,
-        t_max=t_max,
-        final_step=final_step,
-        shift=shift,
-    )
+    if ts is None:
+        ts = grids.make(
+            denoiser.schedule,
+            steps,
+            spacing,
+            t_min=t_min,
+            t_max=t_max,
+            final_step=final_step,
+            shift=shift,
+        )
+    else:
+        ts = grids.check(denoiser.schedule, ts)
+        steps = len(ts) - 1
     source = generator if shared is None else shared.source(generator, shape[0])
     x = denoiser.schedule.prior_sample(tuple(shape), generator=source, dtype=dtype, device=device)
     counting = CountingDenoiser(denoiser)

@@ -36,8 +36,9 @@ from rediff.samplers.unipc import unipc
 class Entry:
     """A registered sampler: its function, fixed options, evaluations per grid step, the
     grid spacing it is used with by default (EDM's Heun: Karras; the rest: log-SNR),
-    whether it chooses its own steps (an adaptive solver needs a denoiser smooth in t), and
-    whether it can use a model's learned reverse variance (``variance="learned"``)."""
+    whether it chooses its own steps (an adaptive solver needs a denoiser smooth in t),
+    whether it can use a model's learned reverse variance (``variance="learned"``), and
+    whether it injects fresh noise (with its default options)."""
 
     function: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
@@ -45,26 +46,27 @@ class Entry:
     spacing: str = "logsnr"
     adaptive: bool = False
     learned_variance: bool = False
+    stochastic: bool = False
 
 
 #: what a run samples with unless told (ODE samplers of few steps)
 DEFAULT = "dpm++2m"
 
 REGISTRY: dict[str, Entry] = {
-    "ddpm": Entry(ddpm, learned_variance=True),
+    "ddpm": Entry(ddpm, learned_variance=True, stochastic=True),
     "ddim": Entry(ddim),
     "euler": Entry(euler),
     "heun": Entry(heun, evals_per_step=2, spacing="karras"),
-    "euler_maruyama": Entry(euler_maruyama),
-    "pc": Entry(predictor_corrector, evals_per_step=2),
-    "annealed_langevin": Entry(annealed_langevin, evals_per_step=5),
+    "euler_maruyama": Entry(euler_maruyama, stochastic=True),
+    "pc": Entry(predictor_corrector, evals_per_step=2, stochastic=True),
+    "annealed_langevin": Entry(annealed_langevin, evals_per_step=5, stochastic=True),
     "ode": Entry(ode, adaptive=True),
     "dpm_solver1": Entry(dpm_solver, {"order": 1}),
     "dpm_solver2": Entry(dpm_solver, {"order": 2}, evals_per_step=2),
     "dpm_solver3": Entry(dpm_solver, {"order": 3}, evals_per_step=3),
     "dpm++2m": Entry(dpm_solver_pp, {"order": 2}),
     "dpm++3m": Entry(dpm_solver_pp, {"order": 3}),
-    "dpm++2m-sde": Entry(dpm_solver_pp, {"order": 2, "sde": True}),
+    "dpm++2m-sde": Entry(dpm_solver_pp, {"order": 2, "sde": True}, stochastic=True),
     "unipc": Entry(unipc, {"order": 2}),
     "unipc3": Entry(unipc, {"order": 3}),
 }
