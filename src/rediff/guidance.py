@@ -92,6 +92,12 @@ class ClassifierFree(Denoiser):
         null = torch.full_like(labels, NULL_LABEL)
         return torch.cat([x_t, x_t]), torch.cat([labels, null])
 
+    @staticmethod
+    def _doubled_time(t: Tensor | float, x_t: Tensor) -> Tensor:
+        """The times of the doubled batch: [2B]."""
+        t = batch_time(t, x_t)
+        return torch.cat([t, t])
+
     def _combine(self, x0: Tensor) -> Tensor:
         conditional, unconditional = x0.chunk(2)
         # lerp is exact at both ends: scale 0 -> x0_u, scale 1 -> x0_c
@@ -99,8 +105,7 @@ class ClassifierFree(Denoiser):
 
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         x, labels = self._doubled(x_t, cond)
-        t = batch_time(t, x_t)
-        return self._combine(self.denoiser(x, torch.cat([t, t]), labels=labels))
+        return self._combine(self.denoiser(x, self._doubled_time(t, x_t), labels=labels))
 
     def at(self, x_t: Tensor, point: Point, **cond: Any) -> Tensor:
         x, labels = self._doubled(x_t, cond)
@@ -108,8 +113,7 @@ class ClassifierFree(Denoiser):
 
     def with_variance(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
         x, labels = self._doubled(x_t, cond)
-        t = batch_time(t, x_t)
-        x0, fraction = self.denoiser.with_variance(x, torch.cat([t, t]), labels=labels)
+        x0, fraction = self.denoiser.with_variance(x, self._doubled_time(t, x_t), labels=labels)
         return self._combine(x0), fraction.chunk(2)[0]
 
 

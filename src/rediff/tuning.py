@@ -25,6 +25,7 @@ from rediff import grids, samplers
 from rediff._tensor import Tensor
 from rediff.model import Denoiser
 from rediff.samplers._common import check_positive
+from rediff.transitions import points
 
 
 def _sampler(name: str) -> samplers.Entry:
@@ -93,8 +94,8 @@ def optimize(
             x = entry.function(denoiser, x_T, ts, **{**entry.options, **options})
         return float((x - reference).square().mean())
 
-    times = start[: len(start) - len(tail)].tolist()
-    lams = (0.5 * schedule.log_snr(torch.tensor(times, dtype=torch.float64))).tolist()
+    grid = points(schedule, start, from_pure_noise=True)[: len(start) - len(tail)]
+    times, lams = [p.t for p in grid], [p.lam for p in grid]
     floor = float(0.5 * schedule.log_snr(schedule.finite_t_max))  # pure noise has lam = -inf
     ceiling = float(0.5 * schedule.log_snr(schedule.t_min))
     free = range(1, len(times) if final_step else len(times) - 1)

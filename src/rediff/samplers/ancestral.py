@@ -74,7 +74,7 @@ def _family_step(
     k = math.sqrt(max(q.sigma**2 - v, 0.0))
     mean = scaled_sum(k * a, x, q.alpha + k * b, x0)
     if isinstance(w, Tensor):
-        return mean + w.sqrt().to(x.dtype) * noise_like(x, generator, i, p, q)
+        return mean + w.sqrt().to(mean.dtype) * noise_like(x, generator, i, p, q)
     if w > 0:
         return mean.add_(noise_like(x, generator, i, p, q), alpha=math.sqrt(w))
     return mean
