@@ -1,12 +1,14 @@
 """Likelihoods: probability-flow ODE error against exact densities, per evaluation; digits.
 
+    .venv/bin/pip install --no-deps k-diffusion torchsde   # the peer (see peers.py)
     .venv/bin/python benchmarks/likelihood.py     # writes benchmarks/results/likelihood.md
 
 Part 1, mixtures with exact denoisers under the VP SDE (beta 0.1 to 20, t in [1e-5, 1]):
 the eight-Gaussian 2-D mixture, a random 8-D mixture, and benchmarks/samplers.py's narrow
 2-D and full-covariance 16-D mixtures, 64 exact samples each, exact divergence. For each
 solver, the evaluations per point (NFE) against two errors in nats per dimension, mean and
-maximum over the points:
+maximum over the points, and the error of the 64-point mean (what a data set's bits/dim
+sees, where unbiased estimator noise averages out):
 
 - solver error: |ODE nll - (exact -log p_{t_min}(x))| after replacing the prior by the
   exact p_{t_max} (what the integration alone gets wrong);
@@ -14,7 +16,8 @@ maximum over the points:
   adds the prior's mismatch and x taken at t_min, which no solver removes).
 
 Solvers: rediff's default ``Multistep`` (steps + 1 evaluations), rediff's adaptive dopri5
-(torchdiffeq) at several tolerances, and a labelled reference variant of score_sde's
+(torchdiffeq) at several tolerances, k-diffusion's ``log_likelihood`` (dopri5 in sigma with
+one Rademacher probe per solve, the only divergence it offers), and a labelled reference variant of score_sde's
 likelihood (Song et al. 2021, written here from its description; score_sde is not on the
 package index): scipy's RK45 in t on dx/dt = f x - g^2 score / 2 and d log p / dt =
 -div, whose right-hand side calls the model twice (once for the drift, once inside the
@@ -29,8 +32,7 @@ Part 3, a digits model trained by rediff (configs/digits_ddpm.toml, shortened): 
 the 360 held-out digits by the ODE (uniform dequantisation, one Hutchinson probe; default
 and adaptive solvers) and by the discrete VLB (full sum), in units of the 17 grey levels.
 
-No peer library on the package index computes ODE likelihoods of these models (diffusers
-has neither ODE likelihoods nor the VLB), so the exact densities are the reference.
+diffusers has neither ODE likelihoods nor the VLB; the exact densities are the reference.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from rediff.likelihood import Multistep, Solver, log_likelihood
 from rediff.training import load_config, train
 
 sys.path.insert(0, str(Path(__file__).parent))
+import peers
 from samplers import full_16d, narrow_2d
 
 RESULTS = Path(__file__).parent / "results" / "likelihood.md"
@@ -59,6 +62,7 @@ SCHEDULE = schedules.LinearVP()
 MULTISTEP = (19, 29, 39)
 TOLERANCES = (1e-2, 3e-3, 1e-3, 1e-4)
 SCORE_SDE_TOLERANCES = (1e-3, 1e-4, 1e-5)
+K_TOLERANCES = (1e-2, 1e-3, 1e-4)  # 1e-4 is its default
 
 
 def random_8d() -> data.GaussianMixture:
@@ -106,14 +110,51 @@ def score_sde_nll(mix, x: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch
     return nll, latent, 2 * calls
 
 
-def errors(mix, x, nll, latent) -> tuple[float, float, float]:
-    """(mean solver error, max solver error, mean total error) in nats/dim."""
+def k_diffusion_nll(mix, x: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """k-diffusion's ``log_likelihood`` (dopri5 in sigma, one Rademacher probe per solve, its
+    only divergence estimator), atol = rtol = tol, on the variance-exploding y = x / alpha.
+    Its ODE solution is read from its ``odeint`` call to get the latent, and its integrated
+    divergence delta is moved to this schedule's coordinates (p_VE,s(y) = alpha^d p_t(alpha y),
+    so log p_tmin(x) = log p_tmax(alpha_max y_max) + delta + d log(alpha_max / alpha_min)) and
+    closed with the same prior as the other rows. Returns -log p, the latent, and NFE (one
+    model call with one backward pass per right-hand side)."""
+    k, d = peers.k_sampling(), x.shape[1]
+    s_min, s_max = peers.k_sigma_range(SCHEDULE)
+    a_min, a_max = float(SCHEDULE.alpha(SCHEDULE.t_min)), float(SCHEDULE.alpha(SCHEDULE.t_max))
+    model = peers.k_model(mix.denoiser(SCHEDULE), SCHEDULE)
+    solutions, odeint = [], k.odeint
+
+    def recording_odeint(*args, **kwargs):
+        solutions.append(odeint(*args, **kwargs))
+        return solutions[-1]
+
+    k.odeint = recording_odeint
+    try:
+        torch.manual_seed(0)  # its probe
+        ll, info = k.log_likelihood(model, x / a_min, s_min, s_max, atol=tol, rtol=tol)
+    finally:
+        k.odeint = odeint
+    latent_ve = solutions[-1][0][-1]
+    delta = ll - torch.distributions.Normal(0.0, s_max).log_prob(latent_ve).sum(1)
+    latent = a_max * latent_ve
+    nll = -(SCHEDULE.prior_log_prob(latent) + delta + d * math.log(a_max / a_min))
+    return nll, latent, info["fevals"]
+
+
+def errors(mix, x, nll, latent) -> tuple[float, float, float, float]:
+    """(mean solver error, |mean signed solver error|, max solver error, mean total error) in
+    nats/dim."""
     d = x.shape[1]
     end = mix.noised_log_prob(latent, SCHEDULE.t_max, SCHEDULE)
     prior = SCHEDULE.prior_log_prob(latent)
-    solver = (nll + prior - end + mix.noised_log_prob(x, SCHEDULE.t_min, SCHEDULE)).abs() / d
+    solver = (nll + prior - end + mix.noised_log_prob(x, SCHEDULE.t_min, SCHEDULE)) / d
     total = (nll + mix.log_prob(x)).abs() / d
-    return float(solver.mean()), float(solver.max()), float(total.mean())
+    return (
+        float(solver.abs().mean()),
+        float(solver.mean().abs()),
+        float(solver.abs().max()),
+        float(total.mean()),
+    )
 
 
 def mixture_rows() -> list[str]:
@@ -123,26 +164,33 @@ def mixture_rows() -> list[str]:
         den = mix.denoiser(SCHEDULE)
         runs = [(f"rediff Multistep({s})", Multistep(s)) for s in MULTISTEP]
         runs += [(f"rediff dopri5, tol {tol:g}", Solver(tol, tol)) for tol in TOLERANCES]
+        peer_runs = [
+            (f"k-diffusion dopri5, 1 probe, tol {tol:g}", k_diffusion_nll, tol)
+            for tol in K_TOLERANCES
+        ]
+        peer_runs += [
+            (f"score_sde RK45 (reference variant), tol {tol:g}", score_sde_nll, tol)
+            for tol in SCORE_SDE_TOLERANCES
+        ]
         for label, solver in runs:
             start = time.perf_counter()
             out = log_likelihood(den, x, solver=solver)
-            seconds = time.perf_counter() - start
-            mean, worst, total = errors(mix, x, out.nll, out.latent)
-            rows.append(
-                f"| {name} | {label} | {out.nfe} | {mean:.1e} | {worst:.1e} | {total:.1e} | "
-                f"{seconds:.1f} |"
-            )
-        for tol in SCORE_SDE_TOLERANCES:
+            rows.append(row(name, label, mix, x, out.nll, out.latent, out.nfe, start))
+        for label, function, tol in peer_runs:
             start = time.perf_counter()
-            nll, latent, nfe = score_sde_nll(mix, x, tol)
-            seconds = time.perf_counter() - start
-            mean, worst, total = errors(mix, x, nll, latent)
-            rows.append(
-                f"| {name} | score_sde RK45 (reference variant), tol {tol:g} | {nfe} | "
-                f"{mean:.1e} | {worst:.1e} | {total:.1e} | {seconds:.1f} |"
-            )
+            nll, latent, nfe = function(mix, x, tol)
+            rows.append(row(name, label, mix, x, nll, latent, nfe, start))
         print(name, flush=True)
     return rows
+
+
+def row(name, label, mix, x, nll, latent, nfe, start) -> str:
+    seconds = time.perf_counter() - start
+    mean, bias, worst, total = errors(mix, x, nll, latent)
+    return (
+        f"| {name} | {label} | {nfe} | {mean:.1e} | {bias:.1e} | {worst:.1e} | {total:.1e} | "
+        f"{seconds:.1f} |"
+    )
 
 
 def hutchinson_rows() -> list[str]:
@@ -205,9 +253,9 @@ def main() -> None:
         "",
         "## Mixtures with exact denoisers (VP SDE), nats per dimension over 64 points",
         "",
-        "| data | solver | NFE per point | solver error, mean | solver error, max | total "
-        "error, mean | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| data | solver | NFE per point | solver error, mean | error of the mean | solver "
+        "error, max | total error, mean | seconds |",
+        "|---|---|---|---|---|---|---|---|",
         *mixture_rows(),
         "",
         "The solver error is what the integration gets wrong; the total error adds the two "
