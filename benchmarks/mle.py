@@ -227,8 +227,8 @@ def main() -> None:
     parser.add_argument("--extra", type=int, default=1000, help="fine-tuning steps")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--digits-base", type=int, default=1500, help="digits base steps")
-    parser.add_argument("--digits-extra", type=int, default=500, help="digits fine-tuning")
+    parser.add_argument("--digits-base", type=int, default=1000, help="digits base steps")
+    parser.add_argument("--digits-extra", type=int, default=200, help="digits fine-tuning")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     parts = {"toys": (toy_report, RESULTS), "digits": (digits_report, DIGITS_RESULTS)}

@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from rediff import schedules
+
 # ---- k-diffusion ------------------------------------------------------------------------------
 
 
@@ -119,13 +121,9 @@ def official_dpm_solver_pp(
 
 # ---- score_sde's predictor-corrector sampler ---------------------------------------------------
 
-BETA_MIN, BETA_MAX = 0.1, 20.0  # score_sde's VPSDE; DDPM's linear betas are its N = 1000 table
-
-
-def _vpsde_alpha_sigma(t: float) -> tuple[float, float]:
-    """score_sde VPSDE marginal: log alpha = -t^2 (b1 - b0)/4 - t b0/2, sigma^2 = 1 - alpha^2."""
-    log_alpha = -0.25 * t**2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
-    return math.exp(log_alpha), math.sqrt(-math.expm1(2 * log_alpha))
+#: score_sde's VPSDE (beta 0.1 to 20): rediff's LinearVP, whose N = 1000 table is DDPM's betas
+VPSDE = schedules.LinearVP()
+BETA_MIN, BETA_MAX = VPSDE.beta_min, VPSDE.beta_max
 
 
 def vpsde_score(den, schedule) -> Callable:
@@ -134,7 +132,7 @@ def vpsde_score(den, schedule) -> Callable:
     top = float(schedule.noise_level(1.0))
 
     def score(x: torch.Tensor, t: float) -> torch.Tensor:
-        a, s = _vpsde_alpha_sigma(t)
+        a, s = float(VPSDE.alpha(t)), float(VPSDE.sigma(t))
         t_r = float(schedule.t_from_noise_level(min(s / a, top)))
         x0 = den(x * (float(schedule.alpha(t_r)) / a), t_r)
         return -(x - a * x0) / s**2

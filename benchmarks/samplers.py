@@ -525,7 +525,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=20000, help="samples per run (default 20000)")
+    parser.add_argument("--n", type=int, default=10000, help="samples per run (default 10000)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     import diffusers
