@@ -239,6 +239,76 @@ class _StepNoise:
         return Source()
 
 
+def _mixture_denoiser():
+    """The exact denoiser of a 2-D, two-component Gaussian mixture under diffusers' default
+    schedule (linear betas, T = 1000)."""
+    from rediff import data, schedules
+
+    mix = data.GaussianMixture(
+        torch.tensor([[-1.0, 0.5], [2.0, -1.0]], dtype=F64),
+        torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.5, 0.0], [0.0, 0.1]]], dtype=F64),
+        torch.tensor([0.3, 0.7], dtype=F64),
+    )
+    return mix.denoiser(schedules.DiscreteVP.linear(1000))
+
+
+def _run_diffusers(scheduler, den, x, noise=None):
+    """diffusers' sampling loop with ``scheduler`` on ``den``'s eps (timestep k is rediff's
+    t = (k + 1) / T); returns its sample and rediff's grid of the same timesteps, ending at
+    its final sigma (0, or sigma_min: t = 1 / T)."""
+    for i, step in enumerate(scheduler.timesteps):
+        time = torch.full((x.shape[0],), (float(step) + 1) / 1000, dtype=F64)
+        eps = den.predict(x, time).eps
+        draw = {} if noise is None else {"variance_noise": noise.draws[i]}
+        x = scheduler.step(eps, step, x, **draw).prev_sample
+    end = 0.0 if scheduler.config.final_sigmas_type == "zero" else 1 / 1000
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / 1000, torch.tensor([end], dtype=F64)])
+    return x, ts
+
+
+MULTISTEP_PEERS = [
+    ("dpm++2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, 2),
+    ("unipc", "UniPCMultistepScheduler", {}, 2),
+    ("unipc3", "UniPCMultistepScheduler", {}, 3),
+]
+
+
+@pytest.mark.parametrize("final_sigma", ["zero", "sigma_min"])
+@pytest.mark.parametrize(
+    ("name", "scheduler_class", "settings", "order"),
+    MULTISTEP_PEERS,
+    ids=[m[0] for m in MULTISTEP_PEERS],
+)
+def test_lower_order_final_equals_diffusers_on_short_grids(
+    name, scheduler_class, settings, order, final_sigma
+):
+    """On 8 trailing steps (fewer than diffusers' and rediff's threshold of 15) rediff's
+    multistep sampler with ``lower_order_final`` (its default: the last step first order, the
+    one before at most second) is diffusers' scheduler with its default lower_order_final,
+    ending at sigma = 0 or at sigma_min, on an exact mixture's eps. Tolerance: 4 x rediff's
+    own float32-vs-float64 gap (diffusers steps in float32). Without lower_order_final rediff
+    is far off wherever the rule changes a step (a grid ending at sigma_min, or order 3)."""
+    from rediff import samplers
+
+    den = _mixture_denoiser()
+    scheduler = getattr(diffusers, scheduler_class)(
+        timestep_spacing="trailing", final_sigmas_type=final_sigma, solver_order=order, **settings
+    )
+    scheduler.set_timesteps(8)
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    theirs, ts = _run_diffusers(scheduler, den, x_T.clone())
+    sampler = samplers.get(name)
+
+    def ours(x, lower_order_final=True):
+        options = {**sampler.options, "lower_order_final": lower_order_final}
+        return sampler.function(den, x, ts, **options).double()
+
+    floor = float((ours(x_T.float()) - ours(x_T)).abs().max())
+    assert float((ours(x_T) - theirs.double()).abs().max()) <= 4 * floor
+    if final_sigma == "sigma_min" or order == 3:
+        assert float((ours(x_T, False) - theirs.double()).abs().max()) > 100 * floor
+
+
 @pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
 def test_sde_dpm_solver_pp_equals_diffusers_given_the_same_noise(solver_type):
     """rediff's dpm++2m-sde (either solver_type) = DPMSolverMultistepScheduler's
@@ -246,26 +316,16 @@ def test_sde_dpm_solver_pp_equals_diffusers_given_the_same_noise(solver_type):
     (``variance_noise``), on an exact mixture's eps; the tolerance is 4 x rediff's own
     float32-vs-float64 gap (diffusers computes in float32), and the other solver_type is far
     outside it."""
-    from rediff import data, samplers, schedules
+    from rediff import samplers
 
     scheduler = diffusers.DPMSolverMultistepScheduler(
         algorithm_type="sde-dpmsolver++", solver_type=solver_type, timestep_spacing="trailing"
     )
     scheduler.set_timesteps(10)
-    mix = data.GaussianMixture(
-        torch.tensor([[-1.0, 0.5], [2.0, -1.0]], dtype=F64),
-        torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.5, 0.0], [0.0, 0.1]]], dtype=F64),
-        torch.tensor([0.3, 0.7], dtype=F64),
-    )
-    den = mix.denoiser(schedules.DiscreteVP.linear(1000))
+    den = _mixture_denoiser()
     noise = _StepNoise((256, 2))
     x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    x = x_T.clone()
-    for i, step in enumerate(scheduler.timesteps):
-        time = torch.full((256,), (float(step) + 1) / 1000, dtype=F64)
-        eps = den.predict(x, time).eps
-        x = scheduler.step(eps, step, x, variance_noise=noise.draws[i]).prev_sample
-    ts = torch.cat([(scheduler.timesteps.double() + 1) / 1000, torch.zeros(1, dtype=F64)])
+    x, ts = _run_diffusers(scheduler, den, x_T.clone(), noise)
 
     def ours(x_T, kind=solver_type):
         options = {"order": 2, "sde": True, "solver_type": kind}

@@ -69,6 +69,27 @@ def push(history: list, item, keep: int) -> list:
     return [*history[len(history) - keep + 1 :], item] if keep > 1 else [item]
 
 
+#: multistep solvers with ``lower_order_final`` lower the order of their last steps on grids
+#: of fewer steps than this (diffusers' threshold; the official DPM-Solver's is 10)
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def multistep_order(
+    order: int, known: int, i: int, steps: int, q: Point, lower_order_final: bool
+) -> int:
+    """The order of step i (of ``steps``, ending at q) of a multistep solver of order
+    ``order`` that knows ``known`` outputs of D: at most ``known``; 1 into t = 0 (x0_hat is
+    the answer); and with ``lower_order_final`` on a grid of fewer than
+    LOWER_ORDER_FINAL_BELOW steps, at most steps - i, so the last step is first order and the
+    one before at most second (Lu et al. 2022b's code release and diffusers: on few, wide
+    steps near the data, extrapolating D from outputs far back in lam costs more than the
+    order gains)."""
+    if q.is_data:
+        return 1
+    limit = steps - i if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW else order
+    return min(order, known, limit)
+
+
 def check_order(order: int, allowed: tuple[int, ...]) -> None:
     if order not in allowed:
         raise ValueError(f"order must be one of {allowed}, got {order!r}")

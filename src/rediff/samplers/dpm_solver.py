@@ -27,6 +27,7 @@ from rediff.samplers._common import (
     check_order,
     data_step,
     evaluate,
+    multistep_order,
     noise_like,
     notify,
     push,
@@ -180,12 +181,14 @@ def dpm_solver_pp(
     order: int = 2,
     sde: bool = False,
     solver_type: SolverType | str = SolverType.MIDPOINT,
+    lower_order_final: bool = True,
 ) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b): order 1 (= DDIM), 2 (2M) or 3 (3M), one
-    evaluation per step, lower orders while the history fills up and for the step into
-    t = 0. ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects fresh noise.
-    ``solver_type`` ('midpoint' or 'heun', see ``SolverType``) shapes the second-order
-    steps."""
+    evaluation per step, lower orders while the history fills up, for the step into t = 0
+    and (``lower_order_final``, on short grids) for the last steps (see
+    ``multistep_order``). ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects
+    fresh noise. ``solver_type`` ('midpoint' or 'heun', see ``SolverType``) shapes the
+    second-order steps."""
     check_order(order, (1, 2) if sde else (1, 2, 3))
     solver_type = SolverType.parse(solver_type)
     grid, x_in = points(denoiser.schedule, ts), x
@@ -194,7 +197,7 @@ def dpm_solver_pp(
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser.at(x, p)
         history = push(history, (p.lam, Combination.of(x0)), order)
-        step_order = 1 if q.is_data else min(order, len(history))
+        step_order = multistep_order(order, len(history), i, len(grid) - 1, q, lower_order_final)
         if sde and not q.is_data:
             z = noise_like(x, generator, i, p, q)
             x = _pp_sde_step(Combination.of(x), history, p, q, step_order, solver_type, z)

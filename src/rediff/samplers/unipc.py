@@ -25,7 +25,15 @@ import torch
 from rediff._tensor import Combination, Tensor
 from rediff.model import Denoiser
 from rediff.noise import Randomness
-from rediff.samplers._common import Callback, check_order, data_step, notify, push, working
+from rediff.samplers._common import (
+    Callback,
+    check_order,
+    data_step,
+    multistep_order,
+    notify,
+    push,
+    working,
+)
 from rediff.transitions import Point, points
 
 
@@ -85,13 +93,17 @@ def unipc(
     callback: Callback | None = None,
     order: int = 2,
     corrector: bool = True,
+    lower_order_final: bool = True,
 ) -> Tensor:
     """UniPC multistep sampler of order 2 or 3 (Zhao et al. 2023): UniP-``order`` predictor,
-    UniC corrector (disable with ``corrector=False``), one evaluation per step."""
+    UniC corrector (disable with ``corrector=False``), one evaluation per step; lower orders
+    while the history fills up, into t = 0 and (``lower_order_final``, on short grids) for
+    the last steps (see ``multistep_order``); the corrector of a step uses its predictor's
+    history."""
     del generator  # deterministic
     check_order(order, (1, 2, 3))
     grid, x_in = points(denoiser.schedule, ts), x
-    x = working(x)
+    x, steps = working(x), len(grid) - 1
     history: list[tuple[float, Combination]] = []
     previous: tuple[Tensor, Point, list[tuple[float, Combination]]] | None = None
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
@@ -100,7 +112,8 @@ def unipc(
             x_prev, p_prev, hist_prev = previous
             x = unipc_update(x_prev, hist_prev, p_prev, p, d_p)
         history = push(history, (p.lam, Combination.of(d_p)), order)
-        step_history = history[-1:] if q.is_data else history
+        known = multistep_order(order, len(history), i, steps, q, lower_order_final)
+        step_history = history[-known:]
         previous = (x, p, step_history)
         x = unipc_update(x, step_history, p, q, None)
         notify(callback, i, p, q, x, d_p)
