@@ -268,6 +268,7 @@ def _run_diffusers(scheduler, den, x, noise=None):
 
 MULTISTEP_PEERS = [
     ("dpm++2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, 2),
+    ("dpm++3m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, 3),
     ("unipc", "UniPCMultistepScheduler", {}, 2),
     ("unipc3", "UniPCMultistepScheduler", {}, 3),
 ]
@@ -282,12 +283,13 @@ MULTISTEP_PEERS = [
 def test_lower_order_final_equals_diffusers_on_short_grids(
     name, scheduler_class, settings, order, final_sigma
 ):
-    """On 8 trailing steps (fewer than diffusers' and rediff's threshold of 15) rediff's
-    multistep sampler with ``lower_order_final`` (its default: the last step first order, the
-    one before at most second) is diffusers' scheduler with its default lower_order_final,
-    ending at sigma = 0 or at sigma_min, on an exact mixture's eps. Tolerance: 4 x rediff's
-    own float32-vs-float64 gap (diffusers steps in float32). Without lower_order_final rediff
-    is far off wherever the rule changes a step (a grid ending at sigma_min, or order 3)."""
+    """On 8 trailing steps (a short grid: fewer than diffusers' and rediff's threshold of 15)
+    rediff's multistep sampler with ``lower_order_final`` (its default: the last step first
+    order, the one before at most second; and 3M's halved D2) is diffusers' scheduler with
+    its default lower_order_final, ending at sigma = 0 or at sigma_min, on an exact
+    mixture's eps. Tolerance: 4 x rediff's own float32-vs-float64 gap (diffusers steps in
+    float32). Without lower_order_final rediff is far off wherever the rule changes a step
+    (a grid ending at sigma_min, or order 3)."""
     from rediff import samplers
 
     den = _mixture_denoiser()

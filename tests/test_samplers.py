@@ -119,7 +119,8 @@ def test_data_steps_are_exact_for_polynomial_denoisers():
     """DPM-Solver++'s first- and third-order steps integrate the ODE exactly when D is a
     polynomial of degree 0 and 2 in lam, the 2M 'heun' step for degree 1; the 2M 'midpoint'
     step (Lu et al. 2022b, eq. 9, D taken at the interval's midpoint) is exact for constant D
-    and has local error O(h^3) for linear D."""
+    and has local error O(h^3) for linear D; 3M with the peers' halved D2 is exact for linear
+    D only."""
     from scipy.integrate import quad
 
     from rediff._tensor import Combination
@@ -128,7 +129,7 @@ def test_data_steps_are_exact_for_polynomial_denoisers():
     def point(lam):  # VE coordinates: alpha = 1, sigma = e^{-lam}
         return Point(0.5, 1.0, math.exp(-lam), lam)
 
-    def step_error(order, coef, h, solver_type=SolverType.MIDPOINT):
+    def step_error(order, coef, h, solver_type=SolverType.MIDPOINT, exact_d2=True):
         D = np.polynomial.Polynomial(coef)
         lams = [0.7 - 1.5 * h, 0.7 - 0.8 * h, 0.7]  # non-uniform history
         p, q = point(0.7), point(0.7 + h)
@@ -137,11 +138,14 @@ def test_data_steps_are_exact_for_polynomial_denoisers():
             lambda lam: math.exp(lam - q.lam) * D(lam), p.lam, q.lam, epsabs=1e-15
         )[0]
         x = Combination.of(torch.tensor([1.7], dtype=F64))
-        return float(_pp_ode_step(x, history, p, q, order, solver_type).value()) - exact
+        step = _pp_ode_step(x, history, p, q, order, solver_type, exact_d2)
+        return float(step.value()) - exact
 
     assert abs(step_error(1, [0.3], 0.4)) < 1e-13
     assert abs(step_error(2, [0.3], 0.4)) < 1e-13
     assert abs(step_error(3, [0.3, 0.2, -0.05], 0.4)) < 1e-13
+    assert abs(step_error(3, [0.3, 0.2], 0.4, exact_d2=False)) < 1e-13
+    assert abs(step_error(3, [0.3, 0.2, -0.05], 0.4, exact_d2=False)) > 1e-4
     assert abs(step_error(2, [0.3, 0.2], 0.4, SolverType.HEUN)) < 1e-13
     assert abs(step_error(2, [0.3, 0.2, -0.05], 0.4, SolverType.HEUN)) > 1e-4
     ratio = step_error(2, [0.3, 0.2], 0.2) / step_error(2, [0.3, 0.2], 0.1)

@@ -69,9 +69,10 @@ def push(history: list, item, keep: int) -> list:
     return [*history[len(history) - keep + 1 :], item] if keep > 1 else [item]
 
 
-#: multistep solvers with ``lower_order_final`` lower the order of their last steps on grids
-#: of fewer steps than this (diffusers' threshold; the official DPM-Solver's is 10)
-LOWER_ORDER_FINAL_BELOW = 15
+#: grids of fewer steps than this are short: there multistep solvers with
+#: ``lower_order_final`` lower the order of their last steps (diffusers' threshold; the
+#: official DPM-Solver's is 10) and DPM-Solver++(3M) halves its D2 (measured: docs/design.md)
+SHORT_GRID = 15
 
 
 def multistep_order(
@@ -79,14 +80,14 @@ def multistep_order(
 ) -> int:
     """The order of step i (of ``steps``, ending at q) of a multistep solver of order
     ``order`` that knows ``known`` outputs of D: at most ``known``; 1 into t = 0 (x0_hat is
-    the answer); and with ``lower_order_final`` on a grid of fewer than
-    LOWER_ORDER_FINAL_BELOW steps, at most steps - i, so the last step is first order and the
+    the answer); and with ``lower_order_final`` on a short grid (fewer than SHORT_GRID
+    steps), at most steps - i, so the last step is first order and the
     one before at most second (Lu et al. 2022b's code release and diffusers: on few, wide
     steps near the data, extrapolating D from outputs far back in lam costs more than the
     order gains)."""
     if q.is_data:
         return 1
-    limit = steps - i if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW else order
+    limit = steps - i if lower_order_final and steps < SHORT_GRID else order
     return min(order, known, limit)
 
 

@@ -23,6 +23,7 @@ from rediff.model import Denoiser
 from rediff.noise import Randomness
 from rediff.parametrization import Target
 from rediff.samplers._common import (
+    SHORT_GRID,
     Callback,
     check_order,
     data_step,
@@ -96,15 +97,16 @@ def dpm_solver(
 # ---- DPM-Solver++ (data prediction, multistep) -----------------------------------------------
 
 
-def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int):
+def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int, exact_d2: bool):
     """Divided differences of D in lam, scaled by powers of h: D1 ~ h D'(lam_p) and
     D2 ~ h^2 D''(lam_p), from the last ``order`` outputs (Lu et al. 2022b, algorithm 2).
 
     With r_k = (previous step widths) / h: D1_0 = (D_0 - D_1) / r0; for order 3 also
     D1_1 = (D_1 - D_2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) and
-    D2 = 2 (D1_0 - D1_1) / (r0 + r1). The factor 2 makes D2 the second derivative (the
-    DPM-Solver code release and diffusers omit it, which leaves their 3M second order; see
-    tests/test_samplers.py::test_data_steps_are_exact_for_polynomial_denoisers).
+    D2 = 2 (D1_0 - D1_1) / (r0 + r1). The factor 2 (``exact_d2``) makes D2 the second
+    derivative; the DPM-Solver code release and diffusers omit it, which leaves their 3M
+    second order (tests/test_samplers.py::test_data_steps_are_exact_for_polynomial_denoisers)
+    but damps the extrapolation where steps are few and wide.
     """
     (lam0, d0), (lam1, d1) = history[-1], history[-2]
     r0 = (lam0 - lam1) / h
@@ -114,7 +116,8 @@ def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int)
     lam2, d2 = history[-3]
     r1 = (lam1 - lam2) / h
     d1_1 = (d1 - d2) / r1
-    return d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), 2.0 * (d1_0 - d1_1) / (r0 + r1)
+    scale = 2.0 if exact_d2 else 1.0
+    return d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), scale * (d1_0 - d1_1) / (r0 + r1)
 
 
 class SolverType(Choice, noun="solver type"):
@@ -132,18 +135,24 @@ class SolverType(Choice, noun="solver type"):
 
 
 def _pp_ode_step(
-    x: Combination, history, p: Point, q: Point, order: int, solver_type: SolverType
+    x: Combination,
+    history,
+    p: Point,
+    q: Point,
+    order: int,
+    solver_type: SolverType,
+    exact_d2: bool,
 ) -> Combination:
     """x_q = (sigma_q/sigma_p) x - alpha_q phi_1 D_0 [- alpha_q phi_1 D1 / 2 (2M midpoint)]
     [+ alpha_q phi_2 D1 (2M heun, 3M)] [- alpha_q phi_3 D2 (3M)], phi_1 = e^{-h} - 1,
     phi_2 = phi_1/h + 1, phi_3 = phi_2/h - 1/2: the exact integral of e^{lam - lam_q} D for D
-    quadratic in lam (linear with 'heun')."""
+    quadratic in lam (linear with 'heun' or without ``exact_d2``)."""
     h = q.lam - p.lam
     phi_1 = -expm1_neg(h)
     x_next = data_step(x, history[-1][1], p, q)
     if order == 1:
         return x_next
-    d1, d2 = _data_derivatives(history, h, order)
+    d1, d2 = _data_derivatives(history, h, order, exact_d2)
     if order == 2 and solver_type is SolverType.MIDPOINT:
         return x_next - 0.5 * q.alpha * phi_1 * d1
     phi_2 = phi_1 / h + 1.0
@@ -165,7 +174,7 @@ def _pp_sde_step(
     k = expm1_neg(2.0 * h)
     x_next = (q.sigma / p.sigma) * math.exp(-h) * x + q.alpha * k * history[-1][1]
     if order == 2:
-        d1, _ = _data_derivatives(history, h, 2)
+        d1, _ = _data_derivatives(history, h, 2, exact_d2=True)
         w = 0.5 * k if solver_type is SolverType.MIDPOINT else 1.0 - k / (2.0 * h)
         x_next = x_next + q.alpha * w * d1
     return x_next + q.sigma * math.sqrt(k) * Combination.of(z)
@@ -182,27 +191,31 @@ def dpm_solver_pp(
     sde: bool = False,
     solver_type: SolverType | str = SolverType.MIDPOINT,
     lower_order_final: bool = True,
+    exact_d2: bool | None = None,
 ) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b): order 1 (= DDIM), 2 (2M) or 3 (3M), one
     evaluation per step, lower orders while the history fills up, for the step into t = 0
     and (``lower_order_final``, on short grids) for the last steps (see
     ``multistep_order``). ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects
     fresh noise. ``solver_type`` ('midpoint' or 'heun', see ``SolverType``) shapes the
-    second-order steps."""
+    second-order steps. 3M's D2 (``_data_derivatives``) is the exact second difference
+    (``exact_d2=True``: third order) or the peers' half of it (False); by default exact
+    unless the grid is short (fewer than SHORT_GRID steps), where the half measured better."""
     check_order(order, (1, 2) if sde else (1, 2, 3))
     solver_type = SolverType.parse(solver_type)
     grid, x_in = points(denoiser.schedule, ts), x
-    x = working(x)
+    x, steps = working(x), len(grid) - 1
+    exact_d2 = steps >= SHORT_GRID if exact_d2 is None else exact_d2
     history: list[tuple[float, Combination]] = []
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser.at(x, p)
         history = push(history, (p.lam, Combination.of(x0)), order)
-        step_order = multistep_order(order, len(history), i, len(grid) - 1, q, lower_order_final)
+        step_order = multistep_order(order, len(history), i, steps, q, lower_order_final)
         if sde and not q.is_data:
             z = noise_like(x, generator, i, p, q)
             x = _pp_sde_step(Combination.of(x), history, p, q, step_order, solver_type, z)
         else:
-            x = _pp_ode_step(Combination.of(x), history, p, q, step_order, solver_type)
+            x = _pp_ode_step(Combination.of(x), history, p, q, step_order, solver_type, exact_d2)
         x = x.value()
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
