@@ -81,10 +81,9 @@ def multistep_order(
     """The order of step i (of ``steps``, ending at q) of a multistep solver of order
     ``order`` that knows ``known`` outputs of D: at most ``known``; 1 into t = 0 (x0_hat is
     the answer); and with ``lower_order_final`` on a short grid (fewer than SHORT_GRID
-    steps), at most steps - i, so the last step is first order and the
-    one before at most second (Lu et al. 2022b's code release and diffusers: on few, wide
-    steps near the data, extrapolating D from outputs far back in lam costs more than the
-    order gains)."""
+    steps), at most steps - i, so the last step is first order and the one before at most
+    second (Lu et al. 2022b's code release and diffusers: on few, wide steps near the data,
+    extrapolating D from outputs far back in lam costs more than the order gains)."""
     if q.is_data:
         return 1
     limit = steps - i if lower_order_final and steps < SHORT_GRID else order
