@@ -284,12 +284,14 @@ def test_lower_order_final_equals_diffusers_on_short_grids(
     name, scheduler_class, settings, order, final_sigma
 ):
     """On 8 trailing steps (a short grid: fewer than diffusers' and rediff's threshold of 15)
-    rediff's multistep sampler with ``lower_order_final`` (its default: the last step first
-    order, the one before at most second; and 3M's halved D2) is diffusers' scheduler with
-    its default lower_order_final, ending at sigma = 0 or at sigma_min, on an exact
-    mixture's eps. Tolerance: 4 x rediff's own float32-vs-float64 gap (diffusers steps in
-    float32). Without lower_order_final rediff is far off wherever the rule changes a step
-    (a grid ending at sigma_min, or order 3)."""
+    rediff's multistep sampler with ``lower_order_final`` counting the final jump among its
+    steps (``count_jump=True``, diffusers' counting and rediff's default for order 2: the last
+    step first order, the one before at most second; and 3M's halved D2) is diffusers'
+    scheduler with its default lower_order_final, ending at sigma = 0 or at sigma_min, on an
+    exact mixture's eps. Tolerance: 4 x rediff's own float32-vs-float64 gap (diffusers steps
+    in float32). Without lower_order_final rediff is far off wherever the rule changes a step
+    (a grid ending at sigma_min, or order 3); so is its default for order 3 on a grid ending
+    at sigma = 0 (the jump counted outside the steps, ``samplers._common.countdown``)."""
     from rediff import samplers
 
     den = _mixture_denoiser()
@@ -301,14 +303,44 @@ def test_lower_order_final_equals_diffusers_on_short_grids(
     theirs, ts = _run_diffusers(scheduler, den, x_T.clone())
     sampler = samplers.get(name)
 
-    def ours(x, lower_order_final=True):
-        options = {**sampler.options, "lower_order_final": lower_order_final}
+    def ours(x, **options):
+        options = {**sampler.options, "count_jump": True, **options}
         return sampler.function(den, x, ts, **options).double()
+
+    def gap(x):
+        return float((x - theirs.double()).abs().max())
+
+    floor = float((ours(x_T.float()) - ours(x_T)).abs().max())
+    assert gap(ours(x_T)) <= 4 * floor
+    if final_sigma == "sigma_min" or order == 3:
+        assert gap(ours(x_T, lower_order_final=False)) > 100 * floor
+    default = gap(ours(x_T, count_jump=None))
+    assert default > 100 * floor if final_sigma == "zero" and order == 3 else default <= 4 * floor
+
+
+def test_3m_halves_its_second_difference_below_20_steps_as_diffusers_does():
+    """On 16 trailing steps ending at sigma = 0 (no lower_order_final in either library,
+    16 >= 15) rediff's default dpm++3m is diffusers' 3M, whose D2 is half the second
+    difference (rediff's default below samplers.dpm_solver.EXACT_D2_FROM = 20 steps); the
+    exact D2 (third order) is far off. Tolerance: 4 x rediff's float32-vs-float64 gap."""
+    from rediff import samplers
+    from rediff.samplers.dpm_solver import EXACT_D2_FROM
+
+    den = _mixture_denoiser()
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        timestep_spacing="trailing", final_sigmas_type="zero", solver_order=3
+    )
+    scheduler.set_timesteps(16)
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    theirs, ts = _run_diffusers(scheduler, den, x_T.clone())
+    assert len(ts) - 1 < EXACT_D2_FROM
+
+    def ours(x, **options):
+        return samplers.dpm_solver_pp(den, x, ts, order=3, **options).double()
 
     floor = float((ours(x_T.float()) - ours(x_T)).abs().max())
     assert float((ours(x_T) - theirs.double()).abs().max()) <= 4 * floor
-    if final_sigma == "sigma_min" or order == 3:
-        assert float((ours(x_T, False) - theirs.double()).abs().max()) > 100 * floor
+    assert float((ours(x_T, exact_d2=True) - theirs.double()).abs().max()) > 100 * floor
 
 
 @pytest.mark.parametrize("solver_type", ["midpoint", "heun"])

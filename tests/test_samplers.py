@@ -152,6 +152,38 @@ def test_data_steps_are_exact_for_polynomial_denoisers():
     assert 7.0 < ratio < 9.0  # O(h^3)
 
 
+@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "unipc", "unipc3"])
+def test_jump_counted_outside_the_steps_is_a_final_denoising(name, mixture):
+    """With ``count_jump=False`` a short grid's final jump to t = 0 lies outside the steps
+    that lower_order_final counts down: N steps ending with it are the official DPM-Solver's
+    denoise_to_zero, the same sampler on the N - 1 steps that stop at t_min (its last step
+    first order) followed by x0_hat there. By default order 3 counts so from 8 steps
+    (samplers._common.JUMP_OUTSIDE_FROM), order 2 and shorter grids count the jump among
+    the steps, which differs."""
+    from rediff.samplers._common import JUMP_OUTSIDE_FROM
+
+    entry = samplers.get(name)
+    sched = schedules.LinearVP()
+    den = mixture.denoiser(sched)
+    x_T = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0)).double()
+
+    def run(steps, **options):
+        ts = grids.make(sched, steps, "logsnr")
+        outside = entry.function(den, x_T, ts, **entry.options, count_jump=False)
+        stop = entry.function(den, x_T, ts[:-1], **entry.options)
+        t_min = torch.full((len(x_T),), float(ts[-2]), dtype=F64)
+        torch.testing.assert_close(outside, den.predict(stop, t_min).x0, rtol=0, atol=1e-12)
+        inside = entry.function(den, x_T, ts, **entry.options, count_jump=True)
+        assert float((outside - inside).abs().max()) > 1e-3  # the rule changes a step
+        return entry.function(den, x_T, ts, **entry.options, **options), outside, inside
+
+    for steps in (5, JUMP_OUTSIDE_FROM, 10):
+        default, outside, inside = run(steps)
+        third_order = entry.options.get("order") == 3
+        expected = outside if third_order and steps >= JUMP_OUTSIDE_FROM else inside
+        assert torch.equal(default, expected), steps
+
+
 # ---- order of convergence --------------------------------------------------------------------
 
 DETERMINISTIC = [
@@ -163,7 +195,8 @@ DETERMINISTIC = [
     ("dpm_solver3", samplers.dpm_solver, {"order": 3}, 3),
     ("dpm++1", samplers.dpm_solver_pp, {"order": 1}, 1),
     ("dpm++2m", samplers.dpm_solver_pp, {"order": 2}, 2),
-    ("dpm++3m", samplers.dpm_solver_pp, {"order": 3}, 3),
+    # exact D2 (the default from 20 steps): the peers' halved D2 leaves 3M second order
+    ("dpm++3m", samplers.dpm_solver_pp, {"order": 3, "exact_d2": True}, 3),
     # UniC-p raises UniP-p to order p + 1 (Zhao et al. 2023, theorem 3.2)
     ("unipc1", samplers.unipc, {"order": 1}, 2),
     ("unipc2", samplers.unipc, {"order": 2}, 3),

@@ -71,23 +71,44 @@ def push(history: list, item, keep: int) -> list:
 
 #: grids of fewer steps than this are short: there multistep solvers with
 #: ``lower_order_final`` lower the order of their last steps (diffusers' threshold; the
-#: official DPM-Solver's is 10) and DPM-Solver++(3M) halves its D2 (measured: docs/design.md)
+#: official DPM-Solver's is 10; measured: docs/design.md)
 SHORT_GRID = 15
 
 
-def multistep_order(
-    order: int, known: int, i: int, steps: int, q: Point, lower_order_final: bool
-) -> int:
-    """The order of step i (of ``steps``, ending at q) of a multistep solver of order
-    ``order`` that knows ``known`` outputs of D: at most ``known``; 1 into t = 0 (x0_hat is
-    the answer); and with ``lower_order_final`` on a short grid (fewer than SHORT_GRID
-    steps), at most steps - i, so the last step is first order and the one before at most
-    second (Lu et al. 2022b's code release and diffusers: on few, wide steps near the data,
-    extrapolating D from outputs far back in lam costs more than the order gains)."""
+#: from this many steps (and below SHORT_GRID) a third-order multistep solver's
+#: ``lower_order_final`` counts the final jump to t = 0 outside its steps by default
+#: (measured: docs/design.md)
+JUMP_OUTSIDE_FROM = 8
+
+
+def countdown(
+    grid: list[Point], order: int, lower_order_final: bool, count_jump: bool | None
+) -> int | None:
+    """The number of steps that ``lower_order_final`` counts down over (step i then has order
+    at most countdown - i), or None where it is off or the grid is not short (SHORT_GRID
+    steps or more). ``count_jump``: a grid that ends with the jump to t = 0 counts it among
+    its steps (True: diffusers; the step before the jump may be second order) or not (False:
+    the official DPM-Solver of Lu et al. 2022b, whose final denoising lies outside its
+    steps, so the step before the jump is first order). None picks by measurement: outside
+    for order 3 on grids of JUMP_OUTSIDE_FROM steps or more, inside otherwise."""
+    steps = len(grid) - 1
+    if not lower_order_final or steps >= SHORT_GRID:
+        return None
+    if count_jump is None:
+        count_jump = order < 3 or steps < JUMP_OUTSIDE_FROM
+    return steps - 1 if grid[-1].is_data and not count_jump else steps
+
+
+def multistep_order(order: int, known: int, i: int, q: Point, countdown: int | None) -> int:
+    """The order of step i (ending at q) of a multistep solver of order ``order`` that knows
+    ``known`` outputs of D: at most ``known``; 1 into t = 0 (x0_hat is the answer); and at
+    most countdown - i where ``countdown`` (above) is not None, so the last counted step is
+    first order and the one before at most second (Lu et al. 2022b's code release and
+    diffusers: on few, wide steps near the data, extrapolating D from outputs far back in
+    lam costs more than the order gains)."""
     if q.is_data:
         return 1
-    limit = steps - i if lower_order_final and steps < SHORT_GRID else order
-    return min(order, known, limit)
+    return min(order, known, order if countdown is None else countdown - i)
 
 
 def check_order(order: int, allowed: tuple[int, ...]) -> None:

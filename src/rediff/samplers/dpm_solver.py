@@ -23,9 +23,9 @@ from rediff.model import Denoiser
 from rediff.noise import Randomness
 from rediff.parametrization import Target
 from rediff.samplers._common import (
-    SHORT_GRID,
     Callback,
     check_order,
+    countdown,
     data_step,
     evaluate,
     multistep_order,
@@ -95,6 +95,10 @@ def dpm_solver(
 
 
 # ---- DPM-Solver++ (data prediction, multistep) -----------------------------------------------
+
+#: grids of this many steps or more use 3M's exact D2 by default (third order); shorter ones
+#: the peers' half of it, which measured better there (docs/design.md)
+EXACT_D2_FROM = 20
 
 
 def _data_derivatives(history: list[tuple[float, Tensor]], h: float, order: int, exact_d2: bool):
@@ -191,26 +195,29 @@ def dpm_solver_pp(
     sde: bool = False,
     solver_type: SolverType | str = SolverType.MIDPOINT,
     lower_order_final: bool = True,
+    count_jump: bool | None = None,
     exact_d2: bool | None = None,
 ) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b): order 1 (= DDIM), 2 (2M) or 3 (3M), one
     evaluation per step, lower orders while the history fills up, for the step into t = 0
-    and (``lower_order_final``, on short grids) for the last steps (see
-    ``multistep_order``). ``sde=True`` is SDE-DPM-Solver++ (orders 1 and 2), which injects
-    fresh noise. ``solver_type`` ('midpoint' or 'heun', see ``SolverType``) shapes the
-    second-order steps. 3M's D2 (``_data_derivatives``) is the exact second difference
-    (``exact_d2=True``: third order) or the peers' half of it (False); by default exact
-    unless the grid is short (fewer than SHORT_GRID steps), where the half measured better."""
+    and (``lower_order_final``, on short grids) for the last steps, counting the final jump
+    to t = 0 among them or not (``count_jump``; see ``countdown``). ``sde=True`` is
+    SDE-DPM-Solver++ (orders 1 and 2), which injects fresh noise. ``solver_type``
+    ('midpoint' or 'heun', see ``SolverType``) shapes the second-order steps. 3M's D2
+    (``_data_derivatives``) is the exact second difference (``exact_d2=True``: third order)
+    or the peers' half of it (False); by default exact from EXACT_D2_FROM steps, the half
+    on fewer, where it measured better."""
     check_order(order, (1, 2) if sde else (1, 2, 3))
     solver_type = SolverType.parse(solver_type)
     grid, x_in = points(denoiser.schedule, ts), x
     x, steps = working(x), len(grid) - 1
-    exact_d2 = steps >= SHORT_GRID if exact_d2 is None else exact_d2
+    exact_d2 = steps >= EXACT_D2_FROM if exact_d2 is None else exact_d2
+    counted = countdown(grid, order, lower_order_final, count_jump)
     history: list[tuple[float, Combination]] = []
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser.at(x, p)
         history = push(history, (p.lam, Combination.of(x0)), order)
-        step_order = multistep_order(order, len(history), i, steps, q, lower_order_final)
+        step_order = multistep_order(order, len(history), i, q, counted)
         if sde and not q.is_data:
             z = noise_like(x, generator, i, p, q)
             x = _pp_sde_step(Combination.of(x), history, p, q, step_order, solver_type, z)

@@ -28,6 +28,7 @@ from rediff.noise import Randomness
 from rediff.samplers._common import (
     Callback,
     check_order,
+    countdown,
     data_step,
     multistep_order,
     notify,
@@ -94,16 +95,17 @@ def unipc(
     order: int = 2,
     corrector: bool = True,
     lower_order_final: bool = True,
+    count_jump: bool | None = None,
 ) -> Tensor:
     """UniPC multistep sampler of order 2 or 3 (Zhao et al. 2023): UniP-``order`` predictor,
     UniC corrector (disable with ``corrector=False``), one evaluation per step; lower orders
     while the history fills up, into t = 0 and (``lower_order_final``, on short grids) for
-    the last steps (see ``multistep_order``); the corrector of a step uses its predictor's
-    history."""
+    the last steps, counting the final jump to t = 0 among them or not (``count_jump``; see
+    ``countdown``); the corrector of a step uses its predictor's history."""
     del generator  # deterministic
     check_order(order, (1, 2, 3))
     grid, x_in = points(denoiser.schedule, ts), x
-    x, steps = working(x), len(grid) - 1
+    x, counted = working(x), countdown(grid, order, lower_order_final, count_jump)
     history: list[tuple[float, Combination]] = []
     previous: tuple[Tensor, Point, list[tuple[float, Combination]]] | None = None
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
@@ -112,7 +114,7 @@ def unipc(
             x_prev, p_prev, hist_prev = previous
             x = unipc_update(x_prev, hist_prev, p_prev, p, d_p)
         history = push(history, (p.lam, Combination.of(d_p)), order)
-        known = multistep_order(order, len(history), i, steps, q, lower_order_final)
+        known = multistep_order(order, len(history), i, q, counted)
         step_history = history[-known:]
         previous = (x, p, step_history)
         x = unipc_update(x, step_history, p, q, None)
