@@ -167,7 +167,7 @@ def test_jump_counted_outside_the_steps_is_a_final_denoising(name, mixture):
     den = mixture.denoiser(sched)
     x_T = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0)).double()
 
-    def run(steps, **options):
+    def run(steps):
         ts = grids.make(sched, steps, "logsnr")
         outside = entry.function(den, x_T, ts, **entry.options, count_jump=False)
         stop = entry.function(den, x_T, ts[:-1], **entry.options)
@@ -175,7 +175,7 @@ def test_jump_counted_outside_the_steps_is_a_final_denoising(name, mixture):
         torch.testing.assert_close(outside, den.predict(stop, t_min).x0, rtol=0, atol=1e-12)
         inside = entry.function(den, x_T, ts, **entry.options, count_jump=True)
         assert float((outside - inside).abs().max()) > 1e-3  # the rule changes a step
-        return entry.function(den, x_T, ts, **entry.options, **options), outside, inside
+        return entry.function(den, x_T, ts, **entry.options), outside, inside
 
     for steps in (5, JUMP_OUTSIDE_FROM, 10):
         default, outside, inside = run(steps)

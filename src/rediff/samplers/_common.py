@@ -99,16 +99,16 @@ def countdown(
     return steps - 1 if grid[-1].is_data and not count_jump else steps
 
 
-def multistep_order(order: int, known: int, i: int, q: Point, countdown: int | None) -> int:
+def multistep_order(order: int, known: int, i: int, q: Point, counted: int | None) -> int:
     """The order of step i (ending at q) of a multistep solver of order ``order`` that knows
     ``known`` outputs of D: at most ``known``; 1 into t = 0 (x0_hat is the answer); and at
-    most countdown - i where ``countdown`` (above) is not None, so the last counted step is
-    first order and the one before at most second (Lu et al. 2022b's code release and
-    diffusers: on few, wide steps near the data, extrapolating D from outputs far back in
-    lam costs more than the order gains)."""
+    most counted - i where ``counted`` (``countdown``'s answer) is not None, so the last
+    counted step is first order and the one before at most second (Lu et al. 2022b's code
+    release and diffusers: on few, wide steps near the data, extrapolating D from outputs
+    far back in lam costs more than the order gains)."""
     if q.is_data:
         return 1
-    return min(order, known, order if countdown is None else countdown - i)
+    return min(order, known, order if counted is None else counted - i)
 
 
 def check_order(order: int, allowed: tuple[int, ...]) -> None:
