@@ -162,7 +162,9 @@ def tuned_grid(den, dim: int, steps: int, sampler: str) -> torch.Tensor:
     return tuning.optimize(den, (256, dim), steps, sampler=sampler, generator=gen)
 
 
-def rediff_runs(mixture, n, nfe, seed):
+def rediff_runs(mixture, n, nfe, seed, tuned=True):
+    """(sampler, grid label, NFE, samples) for every rediff sampler and grid within ``nfe``
+    (``tuned=False``: the fixed spacings only)."""
     den = mixture.denoiser(SCHEDULE)
     x_T = start_noise(mixture, n, seed)
     for name in REDIFF_SAMPLERS:
@@ -170,7 +172,9 @@ def rediff_runs(mixture, n, nfe, seed):
         steps = (nfe + 1) // 2 if name == "heun" else nfe // entry.evals_per_step
         if steps < 1:
             continue
-        for label, ts in rediff_grids(den, mixture.dim, steps, name, entry.stochastic):
+        for label, ts in rediff_grids(
+            den, mixture.dim, steps, name, tuned and not entry.stochastic
+        ):
             counting = CountingDenoiser(den)
             x = entry.function(
                 counting, x_T, ts, generator=torch.Generator().manual_seed(seed), **entry.options
@@ -179,14 +183,14 @@ def rediff_runs(mixture, n, nfe, seed):
                 yield name, label, counting.calls, x
 
 
-def rediff_grids(den, dim: int, steps: int, name: str, stochastic: bool):
-    """(label, grid): each spacing with the final jump, some without, and (deterministic
-    samplers) the tuned grid."""
+def rediff_grids(den, dim: int, steps: int, name: str, tuned: bool):
+    """(label, grid): each spacing with the final jump, some without, and (``tuned``: for
+    deterministic samplers) the tuned grid."""
     for spacing in REDIFF_SPACINGS:
         yield spacing, grids.make(SCHEDULE, steps, spacing)
     for spacing in NO_JUMP_SPACINGS:
         yield f"{spacing}, no jump", grids.make(SCHEDULE, steps, spacing, final_step=False)
-    if not stochastic:
+    if tuned:
         yield "tuned", tuned_grid(den, dim, steps, name)
 
 

@@ -103,9 +103,9 @@ def test_rediff_eval_reports_what_the_measures_give(tmp_path, capsys):
     report = (run / "eval.md").read_text()
     assert report in capsys.readouterr().out
     loaded = load_run(run)
-    drawn = draw(
-        loaded, 500, sampler="dpm++2m", steps=5, generator=torch.Generator().manual_seed(3)
-    )
+    assert loaded.config.sample.sampler is None  # the budget's default, named in the report
+    assert "sampler unipc (logsnr, no jump), 5 steps" in report
+    drawn = draw(loaded, 500, sampler=None, steps=5, generator=torch.Generator().manual_seed(3))
     for score in points_scores(drawn.x, None, loaded.data(), 3):
         assert f"| {score.name} | {score.value:.4g} | {score.floor:.4g} |" in report
 
@@ -123,7 +123,7 @@ def test_rediff_eval_of_a_class_conditional_digits_run(tmp_path):
         "classifier accuracy (class-conditional)",
     ]
     drawn = draw(
-        load_run(run), 40, sampler="dpm++2m", steps=3, generator=torch.Generator().manual_seed(1)
+        load_run(run), 40, sampler=None, steps=3, generator=torch.Generator().manual_seed(1)
     )
     assert torch.equal(torch.bincount(drawn.labels), torch.full((10,), 4))
     fd, accuracy = scores

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from rediff import data, discrete, likelihood, variational
+from rediff import data, discrete, likelihood, samplers, variational
 from rediff._choices import Choice
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor, bits_per_dim, check_finite
@@ -131,7 +131,8 @@ def evaluate_run(
             overflow="drop",
         )
         scores = score(drawn.x, drawn.labels, reference, seed)
-        how = f"{n} samples, sampler {sampler}, {steps} steps ({drawn.nfe} evaluations)"
+        used = samplers.describe(sampler, steps)
+        how = f"{n} samples, sampler {used}, {steps} steps ({drawn.nfe} evaluations)"
         if drawn.x.shape[0] < n:
             how += (
                 f"; {n - drawn.x.shape[0]} outgrew the maximum length and were left out (the "

@@ -12,6 +12,7 @@ score or v space: guidance is done on x0_hat once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -275,7 +276,7 @@ def inpaint(
     values: Tensor,
     mask: Tensor,
     *,
-    sampler: str = "dpm++2m",
+    sampler: str | None = None,
     generator: torch.Generator | None = None,
     resampling: Resampling | None = None,
     noise: KnownNoise | str | None = None,
@@ -287,7 +288,7 @@ def inpaint(
     known values exactly where mask is 1. ``noise`` defaults to ``"fixed"`` for adaptive
     samplers and ``"fresh"`` for the others."""
     if noise is None:
-        adaptive = samplers.get(sampler).adaptive
+        adaptive = sampler is not None and samplers.get(sampler).adaptive
         noise = KnownNoise.FIXED if adaptive else KnownNoise.FRESH
     wrapped = Inpainting(denoiser, values, mask, generator, noise)
     out = sample(
@@ -300,4 +301,4 @@ def inpaint(
         **sample_options,
     )
     mask, y = wrapped.known(out.x)
-    return Samples(torch.lerp(out.x, y, mask), out.nfe, out.ts)
+    return dataclasses.replace(out, x=torch.lerp(out.x, y, mask))

@@ -44,11 +44,13 @@ class CountingDenoiser(Denoiser):
 
 @dataclass(frozen=True)
 class Samples:
-    """The samples ``x``, the number of denoiser evaluations ``nfe`` and the grid ``ts``."""
+    """The samples ``x``, the number of denoiser evaluations ``nfe``, the grid ``ts`` and the
+    name of the sampler that drew them."""
 
     x: Tensor
     nfe: int
     ts: Tensor
+    sampler: str
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,10 @@ def sample(
     denoiser: Denoiser,
     shape: tuple[int, ...],
     *,
-    sampler: str = "dpm++2m",
+    sampler: str | None = None,
     steps: int = 20,
     spacing: str | None = None,
-    final_step: bool = True,
+    final_step: bool | None = None,
     t_min: float | None = None,
     t_max: float | None = None,
     shift: float = 1.0,
@@ -116,15 +118,23 @@ def sample(
 ) -> Samples:
     """Draw samples of ``shape`` = (n, *D): x_T from the prior, then the named sampler over a
     ``steps``-step grid of the named spacing (default: the sampler's own, see
-    ``samplers.REGISTRY``) over [t_min, t_max], moved by SD3's ``shift`` (``grids.make``), or
-    the explicit grid ``ts`` (e.g. from ``tuning.optimize``; then steps, spacing, final_step,
-    t_min, t_max and shift are not used). Extra ``options`` go to the sampler (eta, order,
-    churn, rtol, ...).
+    ``samplers.REGISTRY``) over [t_min, t_max], moved by SD3's ``shift`` (``grids.make``;
+    ``final_step`` default True), or the explicit grid ``ts`` (e.g. from ``tuning.optimize``;
+    then steps, spacing, final_step, t_min, t_max and shift are not used). Without a sampler
+    name, the budget's default ``samplers.default(steps)`` picks the sampler, and the spacing
+    and final step not given. Extra ``options`` go to the sampler (eta, order, churn, rtol,
+    ...).
     ``shared`` makes groups of samples share their noise (``SharedNoise``); ``resampling``
     repeats segments of the grid (``Resampling``, for inpainting). Returns
-    ``Samples(x, nfe, ts)``."""
+    ``Samples(x, nfe, ts, sampler)``."""
+    if sampler is None:
+        chosen = samplers.default(steps if ts is None else len(ts) - 1)
+        sampler = chosen.sampler
+        spacing = chosen.spacing if spacing is None else spacing
+        final_step = chosen.final_step if final_step is None else final_step
     entry = samplers.get(sampler)
     spacing = entry.spacing if spacing is None else spacing
+    final_step = True if final_step is None else final_step
     if ts is None:
         ts = grids.make(
             denoiser.schedule,
@@ -147,4 +157,4 @@ def sample(
         options = {**entry.options, **options}
         x = _integrate(entry, counting, x, ts, source, lambda _: bar.update(1), options, resampling)
         bar.update(bar.total - bar.n)  # adaptive solvers report once, at the end
-    return Samples(x, counting.calls, ts)
+    return Samples(x, counting.calls, ts, sampler)

@@ -124,7 +124,7 @@ def sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from rediff import noise
+    from rediff import noise, samplers
     from rediff.model import NoisyClassifier
     from rediff.nets import accelerate
     from rediff.runs import draw, load_run
@@ -143,7 +143,8 @@ def sample(args: argparse.Namespace) -> int:
     n = args.n if args.n is not None else _default_n(run.spec)
     args.sampler = run.config.sample.sampler if args.sampler is None else args.sampler
     args.steps = run.config.sample.steps if args.steps is None else args.steps
-    sampler_registry(run.config).get(args.sampler)
+    if args.sampler is not None:
+        sampler_registry(run.config).get(args.sampler)
 
     def prepare(m):
         net = accelerate(
@@ -171,6 +172,7 @@ def sample(args: argparse.Namespace) -> int:
         overflow=args.overflow,
     )
     settings = {k: v for k, v in vars(args).items() if k != "func"}
+    settings["sampler"] = samplers.describe(args.sampler, args.steps)
     if out.suffix.lower() == ".npz":
         arrays = {
             "samples": drawn.x.float().cpu().numpy(),
@@ -193,13 +195,14 @@ def sample(args: argparse.Namespace) -> int:
 
 def _sample_diffusers(args: argparse.Namespace) -> int:
     """``rediff sample --diffusers PATH``: n images from a diffusers folder with a rediff
-    sampler (default dpm++2m, 20 steps; a flow-matching folder: its own scheduler's grid and
-    shift with rediff's Euler), written as a picture, .npy or .npz."""
+    sampler (default: 20 steps of the budget's default, ``rediff.samplers.default``; a
+    flow-matching folder: its own scheduler's grid and shift with rediff's Euler), written as a
+    picture, .npy or .npz."""
     import numpy as np
     import torch
 
     import rediff
-    from rediff import interop, plots
+    from rediff import interop, plots, samplers
 
     model = interop.load_diffusers(args.diffusers).to(_device(args.device))
     config = model.net.unet.config
@@ -212,11 +215,7 @@ def _sample_diffusers(args: argparse.Namespace) -> int:
     own = interop.sampling_options(interop.scheduler_config(args.diffusers), shape)
     if args.sampler is not None:  # the user's sampler on its own grid, with the folder's shift
         own = {key: value for key, value in own.items() if key == "shift"}
-    sampler, steps, n = (
-        args.sampler or own.get("sampler", "dpm++2m"),
-        args.steps or 20,
-        args.n or 16,
-    )
+    sampler, steps, n = args.sampler or own.get("sampler"), args.steps or 20, args.n or 16
     limit = _limit(args)
     generator = torch.Generator().manual_seed(args.seed)
     options = {**own, "sampler": sampler, "steps": steps, "generator": generator, "progress": True}
@@ -228,7 +227,8 @@ def _sample_diffusers(args: argparse.Namespace) -> int:
         np.savez(out, samples=x.numpy(), settings=np.array(str(args.diffusers)))
     else:
         caption = f"{n} samples of the diffusers model {args.diffusers} (seed {args.seed})."
-        title = f"{Path(args.diffusers).name}: {sampler}, {steps} steps, NFE {drawn.nfe}"
+        used = samplers.describe(sampler, steps)
+        title = f"{Path(args.diffusers).name}: {used}, {steps} steps, NFE {drawn.nfe}"
         plots.save_samples(x.clamp(-1, 1), out, title, caption=caption)
     print(f"wrote {n} samples ({drawn.nfe} evaluations) to {out}")
     return 0
@@ -265,7 +265,10 @@ def _known(args: argparse.Namespace, spec):
 
 
 def _picture(run, drawn, out: Path, args: argparse.Namespace, shared) -> None:
-    title = f"{Path(args.run_dir).name}: {args.sampler}, {args.steps} steps, NFE {drawn.nfe}"
+    from rediff import samplers
+
+    used = samplers.describe(args.sampler, args.steps)
+    title = f"{Path(args.run_dir).name}: {used}, {args.steps} steps, NFE {drawn.nfe}"
     caption = f"{drawn.x.shape[0]} samples drawn by rediff sample (seed {args.seed})"
     if drawn.labels is not None:
         which = (

@@ -284,8 +284,8 @@ class TrainConfig(_Typed):
 @dataclass(frozen=True)
 class SampleConfig:
     """The ``[sample]`` section: the sampler of the training's sample grids, and what
-    ``rediff sample`` / ``eval`` use when not told (default: dpm++2m, or ancestral for a
-    discrete process)."""
+    ``rediff sample`` / ``eval`` use when not told (default: the budget's choice,
+    ``rediff.samplers.default(steps)``, or ancestral for a discrete process)."""
 
     sampler: str | None = None
     steps: int = 20
@@ -345,7 +345,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def __post_init__(self) -> None:
-        if self.sample.sampler is None:  # each family's default
+        if self.sample.sampler is None:  # each family's default (continuous: by budget, None)
             default = sampler_registry(self).DEFAULT
             object.__setattr__(self, "sample", dataclasses.replace(self.sample, sampler=default))
         for key, (ok, text) in RANGES.items():
@@ -354,7 +354,8 @@ class Config:
             if not (math.isfinite(value) and ok(value)):
                 raise ValueError(f"{key} must be {text}, got {value!r}")
         _check_combinations(self)
-        sampler_registry(self).get(self.sample.sampler)  # a name of the registry, or an error
+        if self.sample.sampler is not None:  # a name of the registry, or an error
+            sampler_registry(self).get(self.sample.sampler)
 
     @property
     def classifier(self) -> bool:

@@ -67,9 +67,11 @@ def steered(run: Run, labels: Tensor | None, guide: Guide = Guide()) -> Denoiser
     return guidance.classifier_free(model, labels, scale)
 
 
-def sampler_options(run: Run, sampler: str) -> dict:
+def sampler_options(run: Run, sampler: str | None) -> dict:
     """What a run implies for a sampler: a model that learns its reverse variance samples
     with it where the sampler can use it (DDPM)."""
+    if sampler is None:  # the budget's default, which never uses a learned variance
+        return {}
     learned = run.config.model.learned_variance and samplers.get(sampler).learned_variance
     return {"variance": "learned"} if learned else {}
 
@@ -87,7 +89,7 @@ def draw(
     run: Run,
     n: int,
     *,
-    sampler: str,
+    sampler: str | None,
     steps: int,
     generator: torch.Generator,
     guide: Guide = Guide(),

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rediff import data, losses, plots
+from rediff import data, losses, plots, samplers
 from rediff._io import atomic_write, in_run
 from rediff._tensor import Tensor
 from rediff.discrete import (
@@ -355,7 +355,8 @@ class Session:
         path = in_run(self.run, "samples", f"step_{self.step:07d}{self.spec.kind.suffix}")
         caption = (
             f"{n} samples of the EMA model after {self.step} training steps, drawn by "
-            f"{s.sampler} with {drawn.nfe} evaluations from the same seed at every step"
+            f"{samplers.describe(s.sampler, s.steps)} with {drawn.nfe} evaluations from the same "
+            "seed at every step"
         )
         if drawn.x.shape[0] < n:
             caption += f" ({n - drawn.x.shape[0]} outgrew the maximum length and are left out)"

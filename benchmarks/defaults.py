@@ -1,0 +1,200 @@
+"""rediff.sample's budget defaults (``rediff.samplers.default(steps)``) against every fixed
+(sampler, grid) pair rediff registers, on exact Gaussian mixtures.
+
+    .venv/bin/python benchmarks/defaults.py   # writes benchmarks/results/defaults.md
+
+Two sets of mixtures: the three of samplers.py with its seeds (x_T seed = NFE, reference
+seed 7), and a second set the defaults were not chosen on: the same 2-D mixture with other
+x_T and reference draws, full_16d(seed=5) and narrow_32d(seed=6). Every rediff sampler of
+samplers.py runs on each fixed grid (logsnr, karras, trailing, uniform with the final jump,
+logsnr without it; no tuned grids: a default cannot fit one) at NFE 5-50 and at the budgets
+around the switch of the default (6, 7, 12). Scores and noise floors are samplers.py's (SW2,
+|log-density gap|, mode-weight TV; floor = mean + 2 sd between exact sample sets).
+
+Per (set, NFE) a (mixture, metric) cell is reachable where some pair lands within the floor.
+The default misses a reachable cell where it is above the floor, and misses it clearly where
+it is above the best pair's value plus the floor (a difference larger than the floor
+itself). The former default, dpm++2m on the log-SNR grid with the final jump at every budget,
+is scored the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import rediff
+
+sys.path.insert(0, str(Path(__file__).parent))
+import samplers as bench  # benchmarks/samplers.py, beside this file
+
+RESULTS = Path(__file__).parent / "results" / "defaults.md"
+NFES = (5, 6, 7, 8, 10, 12, 15, 20, 25, 50)
+FORMER = "dpm++2m (logsnr)"
+METRICS = ("sw2", "logp_gap", "tv")
+
+
+@dataclass(frozen=True)
+class MixtureSet:
+    """Mixtures by name, and the seeds of their x_T (offset + NFE) and reference draws."""
+
+    name: str
+    mixtures: dict
+    x_t_offset: int
+    reference_seed: int
+
+
+def mixture_sets() -> list[MixtureSet]:
+    second = {
+        "2-D, 8 narrow components": bench.narrow_2d(),
+        "16-D, 6 full covariances (seed 5)": bench.full_16d(5),
+        "32-D, 10 narrow components (seed 6)": bench.narrow_32d(6),
+    }
+    return [
+        MixtureSet("samplers.py's mixtures and seeds", bench.mixtures(), 0, 7),
+        MixtureSet("second set (other seeds)", second, 100, 8),
+    ]
+
+
+def scored_runs(mixtures: MixtureSet, n: int, csv: list[str]) -> dict:
+    """{(mixture, NFE): ({pair label: Scores}, floor)} for every fixed pair."""
+    cells = {}
+    for name, mixture in mixtures.mixtures.items():
+        floor = bench.noise_floor(mixture, n)
+        reference = mixture.sample(
+            n, generator=torch.Generator().manual_seed(mixtures.reference_seed)
+        )
+        for nfe in NFES:
+            runs = {}
+            seed = mixtures.x_t_offset + nfe
+            for sampler, grid, k, x in bench.rediff_runs(mixture, n, nfe, seed, tuned=False):
+                sc = runs[f"{sampler} ({grid})"] = bench.score(mixture, x, reference)
+                csv.append(
+                    f'"{mixtures.name}","{name}",{nfe},"{sampler} ({grid})",{k},{sc.sw2:.6g},'
+                    f"{sc.logp_gap:.6g},{sc.tv:.6g}"
+                )
+            cells[(name, nfe)] = (runs, floor)
+            print(f"{mixtures.name} / {name} / NFE {nfe} done", flush=True)
+    return cells
+
+
+def misses(cells: dict, nfe: int, label: str) -> tuple[int, list[str], list[str]]:
+    """(reachable cells, cells the pair ``label`` misses, cells it misses clearly) at ``nfe``."""
+    reachable, strict, clear = 0, [], []
+    for (name, k), (runs, floor) in cells.items():
+        if k != nfe:
+            continue
+        for m in METRICS:
+            best, limit = min(getattr(s, m) for s in runs.values()), getattr(floor, m)
+            if best > limit:
+                continue
+            reachable += 1
+            value, cell = getattr(runs[label], m), f"{name.split(',')[0]} {m}"
+            if value > limit:
+                strict.append(cell)
+            if value > best + limit:
+                clear.append(cell)
+    return reachable, strict, clear
+
+
+def set_table(cells: dict) -> list[str]:
+    """Per NFE: the default, the reachable cells and both defaults' misses."""
+    lines = [
+        "| NFE | default | reachable | default misses (clear) | former default misses "
+        "(clear) | cells the default misses |",
+        "|---|---|---|---|---|---|",
+    ]
+    total = [0, 0, 0, 0, 0]
+    for nfe in NFES:
+        chosen = rediff.samplers.default(nfe).label
+        reach, strict, clear = misses(cells, nfe, chosen)
+        _, f_strict, f_clear = misses(cells, nfe, FORMER)
+        for i, v in enumerate((reach, len(strict), len(clear), len(f_strict), len(f_clear))):
+            total[i] += v
+        lines.append(
+            f"| {nfe} | {chosen} | {reach} | {len(strict)} ({len(clear)}) | {len(f_strict)} "
+            f"({len(f_clear)}) | {', '.join(strict) or '-'} |"
+        )
+    r, s, c, fs, fc = total
+    lines.append(f"| all | | {r} | {s} ({c}) | {fs} ({fc}) | |")
+    return [*lines, ""]
+
+
+def scores_line(values: list[float], floor) -> str:
+    """SW2 / gap / TV, `*` where within the floor."""
+    marks = [
+        f"{v:.4f}{'*' if v <= getattr(floor, m) else ''}"
+        for v, m in zip(values, METRICS, strict=True)
+    ]
+    return " / ".join(marks)
+
+
+def scores_table(cells: dict) -> list[str]:
+    """The default's scores beside the former default's and the best pair's, per cell."""
+    lines = [
+        "| data | NFE | default: SW2 / gap / TV | former: SW2 / gap / TV | best pair: SW2 / gap "
+        "/ TV |",
+        "|---|---|---|---|---|",
+    ]
+    for (name, nfe), (runs, floor) in cells.items():
+        chosen = runs[rediff.samplers.default(nfe).label]
+        best = [min(getattr(s, m) for s in runs.values()) for m in METRICS]
+        lines.append(
+            f"| {name.split(',')[0]} | {nfe} | "
+            f"{scores_line([getattr(chosen, m) for m in METRICS], floor)} | "
+            f"{scores_line([getattr(runs[FORMER], m) for m in METRICS], floor)} | "
+            f"{scores_line(best, floor)} |"
+        )
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=10000, help="samples per run (default 10000)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    switch = rediff.samplers.FULL_BUDGET_FROM
+    lines = [
+        "# rediff.sample's budget defaults against every fixed sampler / grid pair",
+        "",
+        f"Command: `python benchmarks/defaults.py --n {args.n}`  ",
+        f"Date: {date.today()}  Machine: {platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}  ",
+        f"Schedule: DDPM linear betas, T = {bench.T}; {args.n} samples per run.",
+        "",
+        f"The default (`rediff.samplers.default(steps)`): below {switch} steps "
+        f"{rediff.samplers.SHORT_BUDGET.label}, from {switch} on "
+        f"{rediff.samplers.FULL_BUDGET.label} ('no jump': the grid stops at t_min = 1/T). "
+        f"The former default: {FORMER} at every budget. A cell (mixture, metric) is reachable "
+        "where some fixed rediff pair (10 samplers x logsnr, karras, trailing, uniform and "
+        "logsnr without the final jump) lands within the noise floor; a miss is a reachable "
+        "cell the default is above the floor in, a clear miss one where it is above the best "
+        "pair's value plus the floor. Second table per set: the scores, `*` = within the "
+        "floor.",
+        "",
+    ]
+    csv = ["set,data,nfe_budget,run,nfe,sw2,abs_gap,tv"]
+    for mixtures in mixture_sets():
+        cells = scored_runs(mixtures, args.n, csv)
+        lines += [f"## {mixtures.name}", "", *set_table(cells), *scores_table(cells)]
+    lines.append(f"Total time: {time.perf_counter() - started:.0f} s.")
+    runs_csv = args.out.with_name(args.out.stem + "_runs.csv")
+    args.out.write_text("\n".join(lines) + "\n")
+    runs_csv.write_text("\n".join(csv) + "\n")
+    print(f"wrote {args.out} and {runs_csv}")
+
+
+if __name__ == "__main__":
+    main()
