@@ -416,8 +416,9 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
-        if exc[0] is None:
+        if exc[0] is None:  # on an error the others may be in a collective: no group teardown
             self.world.barrier()
+            self.world.leave()
 
 
 def _initialise(model: torch.nn.Module, source: Path) -> None:

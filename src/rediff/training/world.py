@@ -33,6 +33,13 @@ class World:
         if self.size > 1:
             torch.distributed.barrier()
 
+    def leave(self) -> None:
+        """Leave torchrun's process group at the end of a run, on every process: gloo's worker
+        threads left to interpreter shutdown can abort a process whose run has finished
+        ("terminate called without an active exception"; pytorch issue 190489)."""
+        if self.size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def stop(self, here: bool) -> bool:
         """True on every process if process 0 says so (clocks differ between processes)."""
         if self.size == 1:
