@@ -646,22 +646,19 @@ def test_without_a_sampler_the_budget_picks_sampler_spacing_and_final_step(mixtu
     assert samplers.describe(None, 20) == "dpm++2m (logsnr)"
 
 
-def narrow_ring(k: int = 8) -> data.GaussianMixture:
-    """k narrow (std 0.05) components on a circle of radius 2, weights 1:2:...:k (the 2-D
-    mixture of benchmarks/samplers.py)."""
-    angles = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
-    means = 2.0 * torch.stack([torch.cos(angles), torch.sin(angles)], 1)
-    weights = torch.arange(1, k + 1, dtype=torch.float64)
-    return data.GaussianMixture(
-        means, 0.05**2 * torch.eye(2).expand(k, 2, 2), weights / weights.sum()
-    )
+def narrow_ring() -> data.GaussianMixture:
+    """The eight Gaussians at std 0.05, weights 1:2:...:8 (the 2-D mixture of
+    benchmarks/samplers.py)."""
+    ring = data.eight_gaussians_mixture(std=0.05)
+    weights = torch.arange(1, 9, dtype=torch.float64)
+    return data.GaussianMixture(ring.means, ring.covariances, weights / weights.sum())
 
 
 @pytest.mark.parametrize("steps", [5, 8])
 def test_short_budget_default_is_nearer_the_exact_log_density(steps):
     """Below FULL_BUDGET_FROM steps the default (UniPC, log-SNR, stopping at t_min) misses the
     exact mean log-density E_p[log p] by less than DPM-Solver++(2M) with the final jump (the
-    default from 15 steps) on the same x_T, by more than 4 standard errors of the two
+    default from FULL_BUDGET_FROM steps) on the same x_T, by more than 4 standard errors of the two
     estimates (the benchmark's 2-D mixture: 0.2 against 1.5 nats at 8 steps)."""
     ring = narrow_ring()
     den, n = ring.denoiser(schedules.DiscreteVP.linear(1000)), 4000
