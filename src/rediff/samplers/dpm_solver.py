@@ -212,7 +212,7 @@ def dpm_solver_pp(
     grid, x_in = points(denoiser.schedule, ts), x
     x, steps = working(x), len(grid) - 1
     exact_d2 = steps >= EXACT_D2_FROM if exact_d2 is None else exact_d2
-    counted = countdown(grid, order, lower_order_final, count_jump)
+    counted = countdown(grid, lower_order_final, count_jump, denoiser.schedule.t_min)
     history: list[tuple[float, Combination]] = []
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         x0 = denoiser.at(x, p)

@@ -105,7 +105,7 @@ def unipc(
     del generator  # deterministic
     check_order(order, (1, 2, 3))
     grid, x_in = points(denoiser.schedule, ts), x
-    x, counted = working(x), countdown(grid, order, lower_order_final, count_jump)
+    x, counted = working(x), countdown(grid, lower_order_final, count_jump, denoiser.schedule.t_min)
     history: list[tuple[float, Combination]] = []
     previous: tuple[Tensor, Point, list[tuple[float, Combination]]] | None = None
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
