@@ -80,7 +80,7 @@ def reads_out(grid: list[Point], t_min: float) -> bool:
     rounding): the official DPM-Solver's layout, where N - 1 steps stop at t_min and
     ``denoise_to_zero`` reads x0_hat off there. A jump from above t_min (DDPM's trailing
     grids: t = T/N) is the widest step of the grid instead, as diffusers counts it."""
-    return len(grid) > 2 and grid[-1].is_data and grid[-2].t <= t_min * (1.0 + 1e-9)
+    return grid[-1].is_data and grid[-2].t <= t_min * (1.0 + 1e-9)
 
 
 def countdown(
