@@ -307,10 +307,20 @@ K_SAMPLERS = {
 }
 
 
+def shared_noise(shape, seed: int):
+    """A k-diffusion noise_sampler that draws what rediff's stochastic samplers draw from
+    torch.Generator().manual_seed(seed): one N(0, I) per step, in step order. With it the
+    SDE samplers of both libraries share x_T and every step's noise, so their differences are
+    the samplers' (k-diffusion's default, a Brownian tree, draws other noise of the same law)."""
+    gen = torch.Generator().manual_seed(seed)
+    return lambda sigma, sigma_next: torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
 def k_diffusion_runs(mixture, n, nfe, seed):
     """k-diffusion's samplers on its Karras and exponential (log-SNR uniform) sigma grids, each
     ending with the step to sigma = 0 (the last step of heun and dpm_2 is one Euler
-    evaluation); dpm_fast takes the NFE itself and ends at sigma_min."""
+    evaluation), the SDE samplers with rediff's noise (``shared_noise``); dpm_fast takes the
+    NFE itself and ends at sigma_min."""
     k = peers.k_sampling()
     s_min, s_max = peers.k_sigma_range(SCHEDULE)
     den = mixture.denoiser(SCHEDULE)
@@ -320,9 +330,9 @@ def k_diffusion_runs(mixture, n, nfe, seed):
         for grid in ("karras", "exponential"):
             sigmas = getattr(k, f"get_sigmas_{grid}")(steps, s_min, s_max)
             counting = CountingDenoiser(den)
-            torch.manual_seed(seed)  # the SDE samplers' Brownian tree draws its seed from it
+            noise = {"noise_sampler": shared_noise(x_T.shape, seed)} if "sde" in function else {}
             x = getattr(k, function)(
-                peers.k_model(counting, SCHEDULE), x_T, sigmas, disable=True, **options
+                peers.k_model(counting, SCHEDULE), x_T, sigmas, disable=True, **options, **noise
             )
             if counting.calls <= nfe:
                 yield f"k-diffusion {name} ({grid})", counting.calls, x
@@ -544,7 +554,9 @@ def main() -> None:
         f"Date: {date.today()}  Machine: {platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, k-diffusion "
         f"{peers.k_version()}  ",
-        f"Schedule: DDPM linear betas, T = {T}; {args.n} samples per run; NFE counted as model calls.",
+        f"Schedule: DDPM linear betas, T = {T}; {args.n} samples per run; NFE counted as model calls. "
+        "Every run at one NFE starts from the same x_T; rediff's and k-diffusion's SDE samplers "
+        "also share each step's noise.",
         "",
         "Metrics against fresh exact samples: SW2 (sliced Wasserstein-2), |gap| = |mean log p(exact)"
         " - mean log p(samples)| in nats, TV of the mode weights. Noise floor: mean + 2 sd of the "

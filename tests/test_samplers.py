@@ -253,6 +253,13 @@ STOCHASTIC = [
     ("euler-maruyama-ve", "ve", samplers.euler_maruyama, {}, (500, "uniform")),
     ("pc-ve", "ve", samplers.predictor_corrector, {"snr": 0.16}, (300, "uniform")),
     (
+        "pc-reverse-diffusion-vp",
+        "vp",
+        samplers.predictor_corrector,
+        {"predictor": "reverse_diffusion"},
+        (500, "uniform"),
+    ),
+    (
         "pc-em-vp",
         "vp",
         samplers.predictor_corrector,
@@ -300,6 +307,23 @@ def test_stochastic_samplers_match_gaussian_moments(name, schedule_name, sampler
     cov_se = torch.sqrt((var[:, None] * var[None, :] + GAUSS_COV**2) / n)
     assert ((x.mean(0) - GAUSS_MEAN).abs() < 4 * mean_se).all(), (name, x.mean(0))
     assert ((torch.cov(x.T) - GAUSS_COV).abs() < 4 * cov_se).all(), (name, torch.cov(x.T))
+
+
+def test_pc_without_corrector_is_ddpm(mixture):
+    """The ancestral predictor is DDPM's step (Ho et al. 2020, algorithm 2, sigma^2 = beta):
+    with no corrector steps, pc draws exactly what ddpm draws from the same noise; the
+    Langevin corrector changes it."""
+    sched = schedules.LinearVP()
+    den = mixture.denoiser(sched)
+    ts = grids.make(sched, 12, "logsnr")
+    x_T = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def run(sampler, **options):
+        return sampler(den, x_T, ts, generator=torch.Generator().manual_seed(1), **options)
+
+    ddpm = run(samplers.ddpm)
+    assert torch.equal(run(samplers.predictor_corrector, corrector_steps=0), ddpm)
+    assert not torch.allclose(run(samplers.predictor_corrector), ddpm)
 
 
 # ---- weak order of the stochastic samplers, from exact moments -----------------------------

@@ -63,7 +63,7 @@ def optimal_variance(p: Point, q: Point, v: float, gamma: float) -> float:
     return v + gap**2 * (1.0 - min(max(gamma, 0.0), 1.0))
 
 
-def _family_step(
+def family_step(
     x: Tensor, x0: Tensor, p: Point, q: Point, v: float, w: float | Tensor, generator, i: int
 ) -> Tensor:
     """x_q = alpha_q x0 + sqrt(sigma_q^2 - v) eps_hat + sqrt(w) z (no noise into t = 0); w is
@@ -108,7 +108,7 @@ def ddim(
         x0 = denoiser.at(x, p)
         v = eta**2 * posterior_variance(p, q)
         w = v if gamma is None or eta == 0 else optimal_variance(p, q, v, _gamma_at(gamma, p))
-        x = _family_step(x, x0, p, q, v, w, generator, i)
+        x = family_step(x, x0, p, q, v, w, generator, i)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 
@@ -142,6 +142,6 @@ def ddpm(
                 w = v
             else:
                 w = optimal_variance(p, q, v, _gamma_at(gamma, p))
-        x = _family_step(x, x0, p, q, v, w, generator, i)
+        x = family_step(x, x0, p, q, v, w, generator, i)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)

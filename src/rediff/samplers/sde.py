@@ -18,7 +18,8 @@ from rediff.model import Denoiser
 from rediff.noise import Randomness
 from rediff.parametrization import Target
 from rediff.samplers._common import Callback, check_positive, evaluate, noise_like, notify, working
-from rediff.transitions import Point, points, transition_variance
+from rediff.samplers.ancestral import family_step
+from rediff.transitions import Point, points, posterior_variance, transition_variance
 
 
 def _score(denoiser: Denoiser, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
@@ -55,8 +56,10 @@ def euler_maruyama(
 
 
 class Predictor(Choice):
-    """The predictor of ``predictor_corrector``."""
+    """The predictor of ``predictor_corrector``: DDPM's ancestral step (the default; measured:
+    docs/design.md), reverse diffusion, or Euler-Maruyama."""
 
+    ANCESTRAL = "ancestral"
     REVERSE_DIFFUSION = "reverse_diffusion"
     EULER_MARUYAMA = "euler_maruyama"
 
@@ -86,6 +89,30 @@ def _reverse_diffusion(x: Tensor, score: Tensor, p: Point, q: Point, generator, 
     return mean + math.sqrt(g2) * noise_like(x, generator, i, p, q)
 
 
+def _ancestral(x: Tensor, x0: Tensor, p: Point, q: Point, generator, i: int) -> Tensor:
+    """Ancestral predictor (Ho et al. 2020, algorithm 2, with sigma^2 = beta, for any pair of
+    grid times; score_sde's ancestral-sampling predictor): DDPM's posterior mean given
+    x0_hat, alpha_q x0_hat + sqrt(sigma_q^2 - c^2) eps_hat with c^2 = beta_tilde, plus noise
+    of the forward transition's variance beta = sigma_p^2 (1 - e^{-2h})."""
+    return family_step(
+        x, x0, p, q, posterior_variance(p, q), transition_variance(p, q), generator, i
+    )
+
+
+def _predict(
+    denoiser: Denoiser, predictor: Predictor, x: Tensor, p: Point, q: Point, generator, i: int
+) -> tuple[Tensor, Tensor]:
+    """(x_q, x0_hat at p): the predictor's step from p to q; into t = 0, x0_hat itself."""
+    score, x0 = _score(denoiser, x, p)
+    if q.is_data:
+        return x0, x0
+    if predictor is Predictor.ANCESTRAL:
+        return _ancestral(x, x0, p, q, generator, i), x0
+    if predictor is Predictor.REVERSE_DIFFUSION:
+        return _reverse_diffusion(x, score, p, q, generator, i), x0
+    return _euler_maruyama_step(denoiser, x, score, p, q, generator, i), x0
+
+
 def predictor_corrector(
     denoiser: Denoiser,
     x: Tensor,
@@ -93,13 +120,13 @@ def predictor_corrector(
     *,
     generator: Randomness = None,
     callback: Callback | None = None,
-    predictor: Predictor | str = Predictor.REVERSE_DIFFUSION,
+    predictor: Predictor | str = Predictor.ANCESTRAL,
     corrector_steps: int = 1,
     snr: float = 0.16,
 ) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, algorithm 1): at each time,
     ``corrector_steps`` Langevin steps at signal-to-noise ratio ``snr``, then one predictor
-    step (reverse diffusion or Euler-Maruyama). Costs 1 + corrector_steps evaluations a step."""
+    step (``Predictor``). Costs 1 + corrector_steps evaluations a step."""
     predictor = Predictor.parse(predictor)
     check_positive("snr", snr)
     if not isinstance(corrector_steps, int) or corrector_steps < 0:
@@ -109,13 +136,7 @@ def predictor_corrector(
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         for _ in range(corrector_steps):
             x = _langevin_step(denoiser, x, p, (p.alpha / q.alpha) ** 2, snr, generator, i)
-        score, x0 = _score(denoiser, x, p)
-        if q.is_data:
-            x = x0
-        elif predictor is Predictor.REVERSE_DIFFUSION:
-            x = _reverse_diffusion(x, score, p, q, generator, i)
-        else:
-            x = _euler_maruyama_step(denoiser, x, score, p, q, generator, i)
+        x, x0 = _predict(denoiser, predictor, x, p, q, generator, i)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 
