@@ -110,9 +110,8 @@ def diffusers_digits(unet, make, x_T: torch.Tensor, nfe: int) -> torch.Tensor:
 def rediff_digits(model, name: str, x_T: torch.Tensor, nfe: int) -> tuple[torch.Tensor, int]:
     """A rediff sampler on its default grid, within ``nfe`` model calls."""
     entry = samplers.get(name)
-    steps = (nfe + 1) // 2 if name == "heun" else nfe // entry.evals_per_step
     counting = CountingDenoiser(model)
-    ts = grids.make(model.schedule, steps, entry.spacing)
+    ts = grids.make(model.schedule, entry.steps_within(nfe), entry.spacing)
     x = entry.function(counting, x_T, ts, **entry.options)
     return x, counting.calls
 
@@ -217,7 +216,7 @@ def rediff_flow(mixture, x_T: torch.Tensor, nfe: int):
     den = mixture.denoiser(FLOW)
     for name in FLOW_SAMPLERS:
         entry = samplers.get(name)
-        steps = (nfe + 1) // 2 if name == "heun" else nfe // entry.evals_per_step
+        steps = entry.steps_within(nfe)
         from_noise = name == "euler"
         for label, spacing, shift in FLOW_GRIDS:
             pure = spacing in ("uniform", "linear")  # these start at t_max = 1

@@ -33,6 +33,8 @@ import torch
 
 import rediff
 from rediff import data, grids, metrics, samplers, schedules, tuning
+from rediff.samplers._common import SHORT_GRID
+from rediff.samplers.dpm_solver import EXACT_D2_FROM
 from rediff.sampling import CountingDenoiser
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,6 +59,11 @@ REDIFF_SPACINGS = ("logsnr", "karras", "trailing", "uniform")
 #: spacings also run without the final jump (ending at t_min = 1/T, as the official
 #: DPM-Solver does by default)
 NO_JUMP_SPACINGS = ("logsnr",)
+#: samplers that lower the order of their last steps on short grids (lower_order_final, below
+#: SHORT_GRID steps), also run with it off (``peer_configurations``)
+FULL_ORDER = ("dpm++2m-sde", "dpm++2m", "dpm++3m", "unipc", "unipc3")
+FULL = {"lower_order_final": False}
+HALVED = {"exact_d2": False}
 RESULTS = Path(__file__).parent / "results" / "samplers.md"
 #: every run's scores, one row each (the tables show only each sampler's best grid)
 RUNS_CSV = RESULTS.with_name("samplers_runs.csv")
@@ -162,36 +169,64 @@ def tuned_grid(den, dim: int, steps: int, sampler: str) -> torch.Tensor:
     return tuning.optimize(den, (256, dim), steps, sampler=sampler, generator=gen)
 
 
-def rediff_runs(mixture, n, nfe, seed, tuned=True):
+def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True):
     """(sampler, grid label, NFE, samples) for every rediff sampler and grid within ``nfe``
-    (``tuned=False``: the fixed spacings only)."""
+    (``tuned=False``, ``configurations=False``: the fixed grids with default options only)."""
     den = mixture.denoiser(SCHEDULE)
     x_T = start_noise(mixture, n, seed)
     for name in REDIFF_SAMPLERS:
         entry = samplers.get(name)
-        steps = (nfe + 1) // 2 if name == "heun" else nfe // entry.evals_per_step
-        if steps < 1:
-            continue
-        for label, ts in rediff_grids(
-            den, mixture.dim, steps, name, tuned and not entry.stochastic
+        for label, ts, options in rediff_grids(
+            den, mixture.dim, nfe, name, tuned and not entry.stochastic, configurations
         ):
             counting = CountingDenoiser(den)
             x = entry.function(
-                counting, x_T, ts, generator=torch.Generator().manual_seed(seed), **entry.options
+                counting,
+                x_T,
+                ts,
+                generator=torch.Generator().manual_seed(seed),
+                **{**entry.options, **options},
             )
             if counting.calls <= nfe:
                 yield name, label, counting.calls, x
 
 
-def rediff_grids(den, dim: int, steps: int, name: str, tuned: bool):
-    """(label, grid): each spacing with the final jump, some without, and (``tuned``: for
-    deterministic samplers) the tuned grid."""
-    for spacing in REDIFF_SPACINGS:
-        yield spacing, grids.make(SCHEDULE, steps, spacing)
-    for spacing in NO_JUMP_SPACINGS:
-        yield f"{spacing}, no jump", grids.make(SCHEDULE, steps, spacing, final_step=False)
-    if tuned:
-        yield "tuned", tuned_grid(den, dim, steps, name)
+def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations: bool):
+    """(label, grid, options) within ``nfe`` evaluations (``Entry.steps_within``): each
+    spacing with the final jump, some without, (``tuned``: for deterministic samplers) the
+    tuned grid, and (``configurations``) ``peer_configurations``."""
+    entry = samplers.get(name)
+    steps, steps_no_jump = entry.steps_within(nfe), entry.steps_within(nfe, final_step=False)
+    if steps >= 1:
+        for spacing in REDIFF_SPACINGS:
+            yield spacing, grids.make(SCHEDULE, steps, spacing), {}
+    if steps_no_jump >= 1:
+        for spacing in NO_JUMP_SPACINGS:
+            ts = grids.make(SCHEDULE, steps_no_jump, spacing, final_step=False)
+            yield f"{spacing}, no jump", ts, {}
+    if tuned and steps >= 1:
+        yield "tuned", tuned_grid(den, dim, steps, name), {}
+    if configurations and steps >= 1:
+        yield from peer_configurations(name, steps, steps_no_jump)
+
+
+def peer_configurations(name: str, steps: int, steps_no_jump: int):
+    """(label, grid, options): rediff's own grids and options set as the peers run theirs.
+    The official DPM-Solver's time-uniform grid ending at t_min (uniform without the jump);
+    below SHORT_GRID steps the FULL_ORDER samplers with ``lower_order_final=False`` on both
+    log-SNR grids ('full order': k-diffusion never lowers the order, the official DPM-Solver
+    only below 10 steps); from EXACT_D2_FROM steps dpm++3m with ``exact_d2=False`` on every
+    spacing ('halved D2': diffusers', k-diffusion's and the official 3M)."""
+    if steps_no_jump >= 1:
+        ts = grids.make(SCHEDULE, steps_no_jump, "uniform", final_step=False)
+        yield "uniform, no jump", ts, {}
+    if name in FULL_ORDER and steps < SHORT_GRID:
+        yield "logsnr, full order", grids.make(SCHEDULE, steps, "logsnr"), FULL
+        ts = grids.make(SCHEDULE, steps_no_jump, "logsnr", final_step=False)
+        yield "logsnr, no jump, full order", ts, FULL
+    if name == "dpm++3m" and steps >= EXACT_D2_FROM:
+        for spacing in REDIFF_SPACINGS:
+            yield f"{spacing}, halved D2", grids.make(SCHEDULE, steps, spacing), HALVED
 
 
 # ---- diffusers -------------------------------------------------------------------------------
@@ -564,7 +599,13 @@ def main() -> None:
         f"by SW2 (rediff grids: {', '.join(REDIFF_SPACINGS)} and, for deterministic samplers, "
         "`tuned` (rediff.tuning.optimize, fit on 256 other starting points), ending with the "
         f"jump to sigma = 0, and {', '.join(NO_JUMP_SPACINGS)} without it ('no jump': the "
-        "result is x at t_min = 1/T); diffusers: trailing timesteps and Karras sigmas; k-diffusion: Karras "
+        "result is x at t_min = 1/T); set as the peers run theirs: uniform without the "
+        f"jump (the official DPM-Solver's time-uniform grid), below {SHORT_GRID} steps "
+        f"{', '.join(FULL_ORDER)} with `lower_order_final=False` on both log-SNR grids "
+        "('full order', as k-diffusion, and the official DPM-Solver from 10 steps), from "
+        f"{EXACT_D2_FROM} steps dpm++3m with `exact_d2=False` ('halved D2', as all three "
+        "peers' 3M); diffusers: trailing "
+        "timesteps and Karras sigmas; k-diffusion: Karras "
         "and exponential sigmas). 'ref.' rows are the official DPM-Solver's and score_sde's rules "
         "written from their papers (benchmarks/peers.py). `*` = within the noise floor.",
         "",

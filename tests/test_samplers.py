@@ -15,6 +15,7 @@ from rediff import data, grids, samplers, schedules
 from rediff.noise import NoiseSource
 from rediff.samplers import GammaTable, estimate_gamma
 from rediff.samplers.ancestral import optimal_variance
+from rediff.sampling import CountingDenoiser
 from rediff.transitions import Point, posterior_variance
 
 F64 = torch.float64
@@ -624,6 +625,33 @@ def test_denoiser_is_evaluated_where_claimed(name, final_step, mixture):
     expected = expected_times(name, ts, sched, entry.options)
     assert len(recorder.times) == len(expected)
     np.testing.assert_allclose(recorder.times, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in samplers.REGISTRY if n != "ode"])
+def test_steps_within_a_budget_spend_it_and_one_more_step_would_not(name, mixture):
+    """Entry.steps_within(nfe): the grid of that many steps costs at most nfe evaluations
+    (counted) and the grid of one more step costs more, with and without the final jump."""
+    entry = samplers.get(name)
+    sched = schedules.LinearVP()
+    den = mixture.denoiser(sched)
+    x = sched.prior_sample((4, 2), generator=torch.Generator().manual_seed(0))
+
+    def cost(steps, final_step):
+        if steps == 0:
+            return 0
+        counting = CountingDenoiser(den)
+        ts = grids.make(sched, steps, "logsnr", final_step=final_step)
+        entry.function(counting, x, ts, generator=torch.Generator().manual_seed(0), **entry.options)
+        return counting.calls
+
+    for final_step in (True, False):
+        for nfe in range(1, 13):
+            steps = entry.steps_within(nfe, final_step)
+            assert cost(steps, final_step) <= nfe < cost(steps + 1, final_step), (nfe, steps)
+    with pytest.raises(ValueError, match="adaptive sampler chooses its own steps"):
+        samplers.get("ode").steps_within(10)
+    with pytest.raises(ValueError, match="nfe must be an integer >= 0"):
+        entry.steps_within(-1)
 
 
 def test_one_call_form_counts_evaluations(mixture):

@@ -139,13 +139,6 @@ DEMO_NFES = (5, 10, 20)
 LIMIT = 3.0
 
 
-def steps_for(sampler: str, nfe: int) -> int:
-    """The most steps whose evaluations stay within ``nfe`` (Heun: 2 per step, one for the
-    step into data, so 2 steps - 1)."""
-    per_step = samplers.get(sampler).evals_per_step
-    return max(1, (nfe + per_step - 1) // per_step)
-
-
 def plot_sampler_comparison(path: Path, generator: torch.Generator, n: int = 4000) -> Path:
     """Rows: samplers; columns: evaluation budgets. Titles give the measured NFE, the gap
     between the mean exact log-density of exact samples and of the samples (0 is perfect) and
@@ -167,7 +160,7 @@ def plot_sampler_comparison(path: Path, generator: torch.Generator, n: int = 400
                 denoiser,
                 (n, 2),
                 sampler=name,
-                steps=steps_for(name, nfe),
+                steps=samplers.get(name).steps_within(nfe),
                 generator=generator,
                 progress=False,
             )

@@ -39,19 +39,42 @@ from rediff.samplers.unipc import unipc
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered sampler: its function, fixed options, evaluations per grid step, the
-    grid spacing it is used with by default (EDM's Heun: Karras; the rest: log-SNR),
-    whether it chooses its own steps (an adaptive solver needs a denoiser smooth in t),
-    whether it can use a model's learned reverse variance (``variance="learned"``), and
-    whether it injects fresh noise (with its default options)."""
+    """A registered sampler: its function, fixed options, evaluations per grid step (and on
+    the final jump to t = 0, where a single-step solver only reads x0_hat: ``jump_evals``,
+    default ``evals_per_step``; ``per_level``: that many at each noise level of the grid
+    instead, as annealed Langevin), the grid spacing it is used with by default (EDM's Heun:
+    Karras; the rest: log-SNR), whether it chooses its own steps (an adaptive solver needs a
+    denoiser smooth in t), whether it can use a model's learned reverse variance
+    (``variance="learned"``), and whether it injects fresh noise (with its default
+    options)."""
 
     function: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
     evals_per_step: int = 1
+    jump_evals: int | None = None
+    per_level: bool = False
     spacing: str = "logsnr"
     adaptive: bool = False
     learned_variance: bool = False
     stochastic: bool = False
+
+    def steps_within(self, nfe: int, final_step: bool = True) -> int:
+        """The most steps (``grids.make``'s ``steps``) whose model evaluations fit in ``nfe``
+        (0 where none do). A step sampler with the final jump takes steps - 1 grid steps of
+        ``evals_per_step`` and the jump of ``jump_evals``, without it steps grid steps;
+        ``per_level`` samplers spend ``evals_per_step`` at each of the grid's noise levels
+        (steps of them, steps + 1 without the jump) and one on the jump."""
+        if self.adaptive:
+            raise ValueError("an adaptive sampler chooses its own steps: no budget applies")
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 0:
+            raise ValueError(f"nfe must be an integer >= 0, got {nfe!r}")
+        each = self.evals_per_step
+        if self.per_level:
+            return max(0, (nfe - 1) // each if final_step else nfe // each - 1)
+        jump = each if self.jump_evals is None else self.jump_evals
+        if not final_step:
+            return nfe // each
+        return 0 if nfe < jump else (nfe - jump) // each + 1
 
 
 @dataclass(frozen=True)
@@ -99,14 +122,16 @@ REGISTRY: dict[str, Entry] = {
     "ddpm": Entry(ddpm, learned_variance=True, stochastic=True),
     "ddim": Entry(ddim),
     "euler": Entry(euler),
-    "heun": Entry(heun, evals_per_step=2, spacing="karras"),
+    "heun": Entry(heun, evals_per_step=2, jump_evals=1, spacing="karras"),
     "euler_maruyama": Entry(euler_maruyama, stochastic=True),
     "pc": Entry(predictor_corrector, evals_per_step=2, stochastic=True),
-    "annealed_langevin": Entry(annealed_langevin, evals_per_step=5, stochastic=True),
+    "annealed_langevin": Entry(
+        annealed_langevin, evals_per_step=5, per_level=True, stochastic=True
+    ),
     "ode": Entry(ode, adaptive=True),
     "dpm_solver1": Entry(dpm_solver, {"order": 1}),
-    "dpm_solver2": Entry(dpm_solver, {"order": 2}, evals_per_step=2),
-    "dpm_solver3": Entry(dpm_solver, {"order": 3}, evals_per_step=3),
+    "dpm_solver2": Entry(dpm_solver, {"order": 2}, evals_per_step=2, jump_evals=1),
+    "dpm_solver3": Entry(dpm_solver, {"order": 3}, evals_per_step=3, jump_evals=1),
     "dpm++2m": Entry(dpm_solver_pp, {"order": 2}),
     "dpm++3m": Entry(dpm_solver_pp, {"order": 3}),
     "dpm++2m-sde": Entry(dpm_solver_pp, {"order": 2, "sde": True}, stochastic=True),
