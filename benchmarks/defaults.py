@@ -18,6 +18,12 @@ itself). The former default, dpm++2m on the log-SNR grid with the final jump at 
 is scored the same way (with today's counting of the jump: samplers._common.countdown).
 Beside them, the fewest floors any one pair misses at each NFE, chosen after seeing the
 scores, per set and over both sets: the bound for a default that picks by budget alone.
+
+Every pair converges, as its steps grow (the denoiser is exact), to the solver limit: the
+exact marginal at t_min followed by the final jump, or the marginal itself without it. Where
+neither limit is within a cell's floor, a pair that lands there does so because its
+discretisation error cancels the limit's own (the posterior mean's shrinkage at t_min); the
+joint table also counts misses on the cells the limit reaches.
 """
 
 from __future__ import annotations
@@ -65,14 +71,37 @@ def mixture_sets() -> list[MixtureSet]:
     ]
 
 
+def solver_limit(mixture, n: int, reference, draws: int = 4) -> bench.Scores:
+    """What every sampler converges to with the exact denoiser: x_tmin = alpha(t_min) x0 +
+    sigma(t_min) eps (x0 from the mixture), then the final jump E[x0 | x_tmin] (DDIM's and
+    DPM-Solver's last step; Song et al. 2021, appendix D) or not. Per metric the lower of the
+    two limits' mean scores over ``draws`` draws (seeds 500 + draw)."""
+    t = torch.tensor(bench.SCHEDULE.t_min, dtype=torch.float64)
+    alpha, sigma = bench.SCHEDULE.alpha(t), bench.SCHEDULE.sigma(t)
+    denoiser = mixture.denoiser(bench.SCHEDULE)
+    jumped, stopped = [], []
+    for draw in range(draws):
+        gen = torch.Generator().manual_seed(500 + draw)
+        x0 = mixture.sample(n, generator=gen)
+        x_t = alpha * x0 + sigma * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        jumped.append(bench.score(mixture, denoiser(x_t, t), reference, draw))
+        stopped.append(bench.score(mixture, x_t, reference, draw))
+
+    def mean(scores, m):
+        return sum(getattr(s, m) for s in scores) / draws
+
+    return bench.Scores(*(min(mean(jumped, m), mean(stopped, m)) for m in METRICS))
+
+
 def scored_runs(mixtures: MixtureSet, n: int, csv: list[str]) -> dict:
-    """{(mixture, NFE): ({pair label: Scores}, floor)} for every fixed pair."""
+    """{(mixture, NFE): ({pair label: Scores}, floor, solver limit)} for every fixed pair."""
     cells = {}
     for name, mixture in mixtures.mixtures.items():
         floor = bench.noise_floor(mixture, n)
         reference = mixture.sample(
             n, generator=torch.Generator().manual_seed(mixtures.reference_seed)
         )
+        limit = solver_limit(mixture, n, reference)
         for nfe in NFES:
             runs = {}
             seed = mixtures.x_t_offset + nfe
@@ -84,20 +113,23 @@ def scored_runs(mixtures: MixtureSet, n: int, csv: list[str]) -> dict:
                     f'"{mixtures.name}","{name}",{nfe},"{sampler} ({grid})",{k},{sc.sw2:.6g},'
                     f"{sc.logp_gap:.6g},{sc.tv:.6g}"
                 )
-            cells[(name, nfe)] = (runs, floor)
+            cells[(name, nfe)] = (runs, floor, limit)
             print(f"{mixtures.name} / {name} / NFE {nfe} done", flush=True)
     return cells
 
 
-def misses(cells: dict, nfe: int, label: str) -> tuple[int, list[str], list[str]]:
-    """(reachable cells, cells the pair ``label`` misses, cells it misses clearly) at ``nfe``."""
+def misses(
+    cells: dict, nfe: int, label: str, within_limit: bool = False
+) -> tuple[int, list[str], list[str]]:
+    """(reachable cells, cells the pair ``label`` misses, cells it misses clearly) at ``nfe``
+    (``within_limit``: only cells whose floor the solver limit reaches)."""
     reachable, strict, clear = 0, [], []
-    for (name, k), (runs, floor) in cells.items():
+    for (name, k), (runs, floor, solver) in cells.items():
         if k != nfe:
             continue
         for m in METRICS:
             best, limit = min(getattr(s, m) for s in runs.values()), getattr(floor, m)
-            if best > limit:
+            if best > limit or (within_limit and getattr(solver, m) > limit):
                 continue
             reachable += 1
             value, cell = getattr(runs[label], m), f"{name.split(',')[0]} {m}"
@@ -108,15 +140,18 @@ def misses(cells: dict, nfe: int, label: str) -> tuple[int, list[str], list[str]
     return reachable, strict, clear
 
 
-def fewest_misses(cell_sets: list[dict], nfe: int) -> tuple[int, list[str]]:
+def fewest_misses(
+    cell_sets: list[dict], nfe: int, within_limit: bool = False
+) -> tuple[int, list[str]]:
     """The fewest reachable floors one fixed pair misses at ``nfe`` over these sets' cells
     together, and the pairs that miss so few: chosen after seeing the scores, a bound no
     default that picks its pair from the budget alone can beat on these cells."""
     labels = set.intersection(
-        *(set(runs) for cells in cell_sets for (_, k), (runs, _) in cells.items() if k == nfe)
+        *(set(runs) for cells in cell_sets for (_, k), (runs, *_) in cells.items() if k == nfe)
     )
     counts = {
-        label: sum(len(misses(cells, nfe, label)[1]) for cells in cell_sets) for label in labels
+        label: sum(len(misses(cells, nfe, label, within_limit)[1]) for cells in cell_sets)
+        for label in labels
     }
     fewest = min(counts.values())
     return fewest, sorted(label for label, count in counts.items() if count == fewest)
@@ -154,8 +189,9 @@ def named(pairs: list[str], most: int = 3) -> str:
     return ", ".join(pairs[:most]) + more
 
 
-def joint_table(cell_sets: list[dict]) -> list[str]:
-    """Both sets together: per NFE the default's misses against the fewest of one pair."""
+def joint_table(cell_sets: list[dict], within_limit: bool) -> list[str]:
+    """Both sets together: per NFE the default's misses against the fewest of one pair
+    (``within_limit``: on the cells whose floor the solver limit reaches)."""
     lines = [
         "| NFE | reachable | default misses | fewest misses of one pair | pairs |",
         "|---|---|---|---|---|",
@@ -163,13 +199,30 @@ def joint_table(cell_sets: list[dict]) -> list[str]:
     total = [0, 0, 0]
     for nfe in NFES:
         chosen = rediff.samplers.default(nfe).label
-        found = [misses(cells, nfe, chosen) for cells in cell_sets]
+        found = [misses(cells, nfe, chosen, within_limit) for cells in cell_sets]
         reach, strict = sum(f[0] for f in found), sum(len(f[1]) for f in found)
-        fewest, pairs = fewest_misses(cell_sets, nfe)
+        fewest, pairs = fewest_misses(cell_sets, nfe, within_limit)
         for i, v in enumerate((reach, strict, fewest)):
             total[i] += v
         lines.append(f"| {nfe} | {reach} | {strict} | {fewest} | {named(pairs)} |")
     lines.append(f"| all | {total[0]} | {total[1]} | {total[2]} | |")
+    return [*lines, ""]
+
+
+def limit_table(cell_sets: list[dict]) -> list[str]:
+    """Each mixture's floor beside its solver limit, `*` where the limit is within it."""
+    lines = [
+        "| set | data | floor: SW2 / gap / TV | solver limit: SW2 / gap / TV |",
+        "|---|---|---|---|",
+    ]
+    for number, cells in enumerate(cell_sets, 1):
+        seen = {name: (floor, solver) for (name, _), (_, floor, solver) in cells.items()}
+        for name, (floor, solver) in seen.items():
+            values = [getattr(floor, m) for m in METRICS]
+            lines.append(
+                f"| {number} | {name} | {' / '.join(f'{v:.4f}' for v in values)} | "
+                f"{scores_line([getattr(solver, m) for m in METRICS], floor)} |"
+            )
     return [*lines, ""]
 
 
@@ -189,7 +242,7 @@ def scores_table(cells: dict) -> list[str]:
         "/ TV |",
         "|---|---|---|---|---|",
     ]
-    for (name, nfe), (runs, floor) in cells.items():
+    for (name, nfe), (runs, floor, _) in cells.items():
         chosen = runs[rediff.samplers.default(nfe).label]
         best = [min(getattr(s, m) for s in runs.values()) for m in METRICS]
         lines.append(
@@ -246,7 +299,18 @@ def main() -> None:
         "default that lands at every floor some pair reaches does not exist where it is "
         "above 0 (each floor is reached by a different pair).",
         "",
-        *joint_table(cell_sets),
+        *joint_table(cell_sets, within_limit=False),
+        "## Floors the solver limit reaches",
+        "",
+        "With the exact denoiser every pair converges to the solver limit (the exact marginal "
+        "at t_min = 1/T with the final jump, or without it; the lower mean score of the two "
+        "over 4 draws). Where the limit is above a floor, the pairs within it get there "
+        "because their discretisation error cancels the limit's own:",
+        "",
+        *limit_table(cell_sets),
+        "The same count on the cells whose floor the limit reaches:",
+        "",
+        *joint_table(cell_sets, within_limit=True),
     ]
     lines.append(f"Total time: {time.perf_counter() - started:.0f} s.")
     runs_csv = args.out.with_name(args.out.stem + "_runs.csv")
