@@ -7,7 +7,8 @@ Two sets of mixtures: the three of samplers.py with its seeds (x_T seed = NFE, r
 seed 7), and a second set the defaults were not chosen on: the same 2-D mixture with other
 x_T and reference draws, full_16d(seed=5) and narrow_32d(seed=6). Every rediff sampler of
 samplers.py runs on each fixed grid (logsnr, karras, trailing, uniform with the final jump,
-logsnr without it; no tuned grids: a default cannot fit one) at NFE 5-50 and at the budgets
+logsnr without it, and the short-budget default's logsnr without it whose first interval is
+twice the others; no tuned grids: a default cannot fit one) at NFE 5-50 and at the budgets
 around the switch of the default (6, 7, 12, 14). Scores and noise floors are samplers.py's (SW2,
 |log-density gap|, mode-weight TV; floor = mean + 2 sd between exact sample sets).
 
@@ -106,7 +107,7 @@ def scored_runs(mixtures: MixtureSet, n: int, csv: list[str]) -> dict:
             runs = {}
             seed = mixtures.x_t_offset + nfe
             for sampler, grid, k, x in bench.rediff_runs(
-                mixture, n, nfe, seed, tuned=False, configurations=False
+                mixture, n, nfe, seed, tuned=False, configurations=False, defaults=True
             ):
                 sc = runs[f"{sampler} ({grid})"] = bench.score(mixture, x, reference)
                 csv.append(
@@ -275,10 +276,12 @@ def main() -> None:
         "",
         f"The default (`rediff.samplers.default(steps)`): below {switch} steps "
         f"{rediff.samplers.SHORT_BUDGET.label}, from {switch} on "
-        f"{rediff.samplers.FULL_BUDGET.label} ('no jump': the grid stops at t_min = 1/T). "
+        f"{rediff.samplers.FULL_BUDGET.label} ('no jump': the grid stops at t_min = 1/T; "
+        "'first interval x2': its first log-SNR interval is twice each of the others). "
         f"The former default: {FORMER} at every budget. A cell (mixture, metric) is reachable "
-        "where some fixed rediff pair (10 samplers x logsnr, karras, trailing, uniform and "
-        "logsnr without the final jump) lands within the noise floor; a miss is a reachable "
+        "where some fixed rediff pair (10 samplers x logsnr, karras, trailing, uniform, "
+        "logsnr without the final jump and the short-budget default's grid) lands within "
+        "the noise floor; a miss is a reachable "
         "cell the default is above the floor in, a clear miss one where it is above the best "
         "pair's value plus the floor; 'fewest misses of one pair': the fewest any single "
         "pair misses at that NFE, chosen after seeing the scores. Second table per set: the "

@@ -169,15 +169,16 @@ def tuned_grid(den, dim: int, steps: int, sampler: str) -> torch.Tensor:
     return tuning.optimize(den, (256, dim), steps, sampler=sampler, generator=gen)
 
 
-def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True):
+def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True, defaults=False):
     """(sampler, grid label, NFE, samples) for every rediff sampler and grid within ``nfe``
-    (``tuned=False``, ``configurations=False``: the fixed grids with default options only)."""
+    (``tuned=False``, ``configurations=False``: the fixed grids with default options only;
+    ``defaults``: also the budget defaults' grids, ``default_grids``)."""
     den = mixture.denoiser(SCHEDULE)
     x_T = start_noise(mixture, n, seed)
     for name in REDIFF_SAMPLERS:
         entry = samplers.get(name)
         for label, ts, options in rediff_grids(
-            den, mixture.dim, nfe, name, tuned and not entry.stochastic, configurations
+            den, mixture.dim, nfe, name, tuned and not entry.stochastic, configurations, defaults
         ):
             counting = CountingDenoiser(den)
             x = entry.function(
@@ -191,10 +192,13 @@ def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True):
                 yield name, label, counting.calls, x
 
 
-def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations: bool):
+def rediff_grids(
+    den, dim: int, nfe: int, name: str, tuned: bool, configurations: bool, defaults: bool
+):
     """(label, grid, options) within ``nfe`` evaluations (``Entry.steps_within``): each
     spacing with the final jump, some without, (``tuned``: for deterministic samplers) the
-    tuned grid, and (``configurations``) ``peer_configurations``."""
+    tuned grid, (``configurations``) ``peer_configurations`` and (``defaults``)
+    ``default_grids``."""
     entry = samplers.get(name)
     steps, steps_no_jump = entry.steps_within(nfe), entry.steps_within(nfe, final_step=False)
     if steps >= 1:
@@ -208,6 +212,25 @@ def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations
         yield "tuned", tuned_grid(den, dim, steps, name), {}
     if configurations and steps >= 1:
         yield from peer_configurations(name, steps, steps_no_jump)
+    if defaults:
+        yield from default_grids(steps, steps_no_jump)
+
+
+def default_grids(steps: int, steps_no_jump: int):
+    """(label, grid, options): the budget defaults' grids (``samplers.SHORT_BUDGET``,
+    ``FULL_BUDGET``) that the fixed spacings above do not already give."""
+    for choice in (samplers.SHORT_BUDGET, samplers.FULL_BUDGET):
+        given = REDIFF_SPACINGS if choice.final_step else NO_JUMP_SPACINGS
+        k = steps if choice.final_step else steps_no_jump
+        if k >= 1 and (choice.first_interval != 1.0 or choice.spacing.value not in given):
+            ts = grids.make(
+                SCHEDULE,
+                k,
+                choice.spacing,
+                final_step=choice.final_step,
+                first_interval=choice.first_interval,
+            )
+            yield choice.grid_label, ts, {}
 
 
 def peer_configurations(name: str, steps: int, steps_no_jump: int):

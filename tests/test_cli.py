@@ -209,7 +209,9 @@ def test_what_a_sampling_user_expects(tmp_path, capsys, monkeypatch):
     assert main(["sample", str(run), "--steps", "2", "--out", str(arrays)]) == 0
     saved = np.load(arrays)
     assert saved["samples"].shape == (100, 1, 8, 8) and "labels" not in saved
-    assert '"sampler": "unipc (logsnr, no jump)"' in str(saved["settings"])  # 2 steps' default
+    assert '"sampler": "unipc (logsnr, first interval x2, no jump)"' in str(
+        saved["settings"]
+    )  # 2 steps' default
     capsys.readouterr()
     monkeypatch.setattr("rediff.evaluation.os.access", lambda path, mode: False)
     toy = tmp_path / "toy"

@@ -104,7 +104,7 @@ def test_rediff_eval_reports_what_the_measures_give(tmp_path, capsys):
     assert report in capsys.readouterr().out
     loaded = load_run(run)
     assert loaded.config.sample.sampler is None  # the budget's default, named in the report
-    assert "sampler unipc (logsnr, no jump), 5 steps" in report
+    assert "sampler unipc (logsnr, first interval x2, no jump), 5 steps" in report
     drawn = draw(loaded, 500, sampler=None, steps=5, generator=torch.Generator().manual_seed(3))
     for score in points_scores(drawn.x, None, loaded.data(), 3):
         assert f"| {score.name} | {score.value:.4g} | {score.floor:.4g} |" in report

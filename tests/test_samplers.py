@@ -687,12 +687,15 @@ def test_without_a_sampler_the_budget_picks_sampler_spacing_and_final_step(mixtu
     ):
         assert samplers.default(steps) == chosen
         spell = {"sampler": chosen.sampler, "final_step": chosen.final_step}
-        for spacing in (None, "karras"):  # the user's spacing wins over the budget's
+        # the user's spacing wins over the budget's, and brings its plain first interval
+        for spacing, first in ((None, chosen.first_interval), ("karras", 1.0)):
             auto = draw(steps=steps, spacing=spacing)
-            given = draw(steps=steps, spacing=spacing or chosen.spacing, **spell)
+            given = draw(
+                steps=steps, spacing=spacing or chosen.spacing, first_interval=first, **spell
+            )
             assert auto.sampler == chosen.sampler and torch.equal(auto.ts, given.ts)
             assert torch.equal(auto.x, given.x)
-    assert samplers.SHORT_BUDGET.label == "unipc (logsnr, no jump)"
+    assert samplers.SHORT_BUDGET.label == "unipc (logsnr, first interval x2, no jump)"
     assert samplers.describe(None, 20) == "dpm++2m (logsnr)"
 
 
@@ -704,15 +707,14 @@ def narrow_ring() -> data.GaussianMixture:
     return data.GaussianMixture(ring.means, ring.covariances, weights / weights.sum())
 
 
-@pytest.mark.parametrize("steps", [6, 8])
+@pytest.mark.parametrize("steps", [5, 6, 8])
 def test_short_budget_default_is_nearer_the_exact_log_density(steps):
-    """Below FULL_BUDGET_FROM steps the default (UniPC, log-SNR, stopping at t_min) misses the
-    exact mean log-density E_p[log p] by less than DPM-Solver++(2M) with the final jump (the
-    default from FULL_BUDGET_FROM steps) on the same x_T, by more than 4 standard errors of the
-    two estimates (the benchmark's 2-D mixture: 0.2 against 1.0 nats at 8 steps). Not at 5
-    steps on this mixture, where 2M's 4 steps to t_min and the read-out there are the nearer
-    (5.7 against 6.6 nats; the default is the nearer on the 16-D and 32-D mixtures there:
-    benchmarks/results/defaults.md)."""
+    """Below FULL_BUDGET_FROM steps the default (UniPC, log-SNR with a first interval twice
+    the others, stopping at t_min) misses the exact mean log-density E_p[log p] by less than
+    DPM-Solver++(2M) with the final jump (the default from FULL_BUDGET_FROM steps) on the
+    same x_T, by more than 4 standard errors of the two estimates (the benchmark's 2-D
+    mixture: 2.6 against 5.7 nats at 5 steps, 0.3 against 1.0 at 8; at 5 steps the plain
+    log-SNR grid gave 6.6, further than 2M)."""
     ring = narrow_ring()
     den, n = ring.denoiser(schedules.DiscreteVP.linear(1000)), 4000
     exact = ring.log_prob(ring.sample(20000, generator=torch.Generator().manual_seed(1)))
@@ -813,6 +815,39 @@ def test_grids_follow_their_definitions():
     assert linear.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
     with pytest.raises(ValueError, match="needs final_step=True"):
         grids.make(vp, 4, "linear", final_step=False)
+
+
+@pytest.mark.parametrize("steps", [2, 5, 13])
+def test_a_longer_first_interval_keeps_the_others_equal(steps):
+    """first_interval = r: in the spacing's own coordinate (log-SNR; Karras' sigma^(1/rho))
+    the first interval is r times each of the others, which are equal, the ends stay put, and
+    r = 1 is the plain spacing."""
+    vp, edm = schedules.LinearVP(), schedules.EDM()
+    for r in (0.5, 2.0, 3.5):
+        ts = grids.make(vp, steps, "logsnr", final_step=False, first_interval=r)
+        gaps = torch.diff(vp.log_snr(ts))
+        assert ts[0] == vp.t_max and ts[-1] == vp.t_min and len(ts) == steps + 1
+        np.testing.assert_allclose(gaps[1:].numpy(), float(gaps[1]), rtol=1e-9)
+        assert float(gaps[0] / gaps[1]) == pytest.approx(r, rel=1e-9)
+        karras = grids.make(edm, steps, "karras", final_step=False, first_interval=r)
+        root = torch.diff(edm.noise_level(karras) ** (1 / 7))
+        assert float(root[0] / root[1]) == pytest.approx(r, rel=1e-9)
+    plain = grids.make(vp, steps, "logsnr", final_step=False)
+    np.testing.assert_allclose(
+        grids.make(vp, steps, "logsnr", final_step=False, first_interval=1.0).numpy(),
+        plain.numpy(),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_first_interval_is_refused_where_the_spacing_fixes_its_points():
+    ddpm = schedules.DiscreteVP.linear(1000)
+    with pytest.raises(ValueError, match="'trailing' spacing fixes its points"):
+        grids.make(ddpm, 5, "trailing", first_interval=2.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="first_interval must be positive and finite"):
+            grids.make(ddpm, 5, "logsnr", first_interval=bad)
 
 
 class TinyNet(torch.nn.Module):

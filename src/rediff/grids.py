@@ -19,6 +19,14 @@ points lie in [t_min, t_max] and the grid has ``steps + 1`` entries; without the
 | `leading`   | DDPM integer steps k = 1 + j floor(T / n), j = n-1..0 (diffusers)       |
 | `trailing`  | DDPM integer steps k = round(T - j T / n), j = 0..n-1 (Lin et al. 2024) |
 
+``first_interval`` r stretches the first interval to r times each of the others in the
+spacing's own coordinate (log-SNR for ``logsnr``), which stay equal: u_0 = 1 and
+u_i = (n - 1 - i) / (n - 2 + r) for the n points. The data-prediction solvers' local error
+over a step into lambda_s carries the factor sigma_s e^lambda_s = alpha_s (the exact step,
+eq. 8 of DPM-Solver++, Lu et al. 2022b), so a step out of near-pure noise costs little and
+its length is better spent below (the short-budget default, ``samplers.SHORT_BUDGET``,
+uses r = 2).
+
 ``shift`` s moves every point to a noisier time with the same spacing of the rest: the
 log-SNR lowered by 2 log s, which on flow matching's path is SD3's resolution shift
 t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23; diffusers' ``shift``). It keeps t = 0
@@ -55,11 +63,25 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
+def _unit_points(n: int, first_interval: float) -> Tensor:
+    """n points u from 1 down to 0, the first interval ``first_interval`` times the others."""
+    if n == 1:
+        return torch.ones(1, dtype=torch.float64)
+    rest = torch.arange(n - 2, -1, -1, dtype=torch.float64) / (n - 2 + first_interval)
+    return torch.cat([torch.ones(1, dtype=torch.float64), rest])
+
+
 def _continuous(
-    schedule: Schedule, spacing: Spacing, n: int, t_min: float, t_max: float, rho: float
+    schedule: Schedule,
+    spacing: Spacing,
+    n: int,
+    t_min: float,
+    t_max: float,
+    rho: float,
+    first_interval: float,
 ) -> Tensor:
     """n points from t_max down to t_min (both included) under a continuous spacing."""
-    u = torch.linspace(1.0, 0.0, n, dtype=torch.float64) if n > 1 else torch.ones(1).double()
+    u = _unit_points(n, first_interval)
     if spacing is Spacing.UNIFORM:
         return t_min + (t_max - t_min) * u
     if spacing is Spacing.QUADRATIC:
@@ -96,6 +118,7 @@ def make(
     rho: float = 7.0,
     final_step: bool = True,
     shift: float = 1.0,
+    first_interval: float = 1.0,
 ) -> Tensor:
     """A decreasing float64 grid of times for ``steps`` sampler steps.
 
@@ -108,6 +131,8 @@ def make(
         rho: Karras' exponent (7 in EDM).
         final_step: end with t = 0, the jump to clean data (see the module docstring).
         shift: SD3's time shift s > 0 (1: none; see the module docstring).
+        first_interval: the first interval's length in units of the others (1: none; the
+            continuous spacings only; see the module docstring).
     """
     _check_steps(steps)
     spacing = Spacing.parse(spacing)
@@ -123,6 +148,7 @@ def make(
         raise ValueError(f"rho must be positive and finite, got {rho}")
     if not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be positive and finite, got {shift}")
+    _check_first_interval(spacing, first_interval)
     n = steps if final_step else steps + 1
     if spacing is Spacing.LINEAR:
         if not final_step:
@@ -145,7 +171,7 @@ def make(
         ts = _integer(schedule, spacing, n)
     else:
         _check_finite_top(schedule, spacing, t_max)
-        ts = _continuous(schedule, spacing, n, t_min, t_max, rho)
+        ts = _continuous(schedule, spacing, n, t_min, t_max, rho, first_interval)
         ts[0] = t_max  # exact endpoints, whatever the spacing's round trip did to them
         if n > 1:
             ts[-1] = t_min
@@ -154,6 +180,18 @@ def make(
     if final_step:
         ts = torch.cat([ts, ts.new_zeros(1)])
     return check(schedule, ts)
+
+
+def _check_first_interval(spacing: Spacing, first_interval: float) -> None:
+    """A positive, finite ratio, and other than 1 only where the spacing has a coordinate."""
+    if not (math.isfinite(first_interval) and first_interval > 0):
+        raise ValueError(f"first_interval must be positive and finite, got {first_interval}")
+    fixed = (Spacing.LINEAR, Spacing.LEADING, Spacing.TRAILING)
+    if first_interval != 1.0 and spacing in fixed:
+        raise ValueError(
+            f"{spacing.value!r} spacing fixes its points, so first_interval must be 1, got "
+            f"{first_interval}; use 'uniform', 'quadratic', 'logsnr' or 'karras'"
+        )
 
 
 def _check_finite_top(schedule: Schedule, spacing: Spacing, t_max: float) -> None:

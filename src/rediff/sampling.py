@@ -107,6 +107,7 @@ def sample(
     t_min: float | None = None,
     t_max: float | None = None,
     shift: float = 1.0,
+    first_interval: float | None = None,
     ts: Tensor | None = None,
     generator: Randomness = None,
     dtype: torch.dtype = torch.float32,
@@ -119,22 +120,26 @@ def sample(
     """Draw samples of ``shape`` = (n, *D): x_T from the prior, then the named sampler over a
     ``steps``-step grid of the named spacing (default: the sampler's own, see
     ``samplers.REGISTRY``) over [t_min, t_max], moved by SD3's ``shift`` (``grids.make``;
-    ``final_step`` default True), or the explicit grid ``ts`` (e.g. from ``tuning.optimize``;
-    then steps, spacing, final_step, t_min, t_max and shift are not used). Without a sampler
-    name, the budget's default ``samplers.default(steps)`` picks the sampler, and the spacing
-    and final step not given. Extra ``options`` go to the sampler (eta, order, churn, rtol,
-    ...).
+    ``final_step`` default True, ``first_interval`` 1), or the explicit grid ``ts`` (e.g.
+    from ``tuning.optimize``; then steps, spacing, final_step, t_min, t_max, shift and
+    first_interval are not used). Without a sampler name, the budget's default
+    ``samplers.default(steps)`` picks the sampler, and the spacing, final step and (with its
+    spacing) first interval not given. Extra ``options`` go to the sampler (eta, order,
+    churn, rtol, ...).
     ``shared`` makes groups of samples share their noise (``SharedNoise``); ``resampling``
     repeats segments of the grid (``Resampling``, for inpainting). Returns
     ``Samples(x, nfe, ts, sampler)``."""
     if sampler is None:
         chosen = samplers.default(steps if ts is None else len(ts) - 1)
         sampler = chosen.sampler
-        spacing = chosen.spacing if spacing is None else spacing
+        if spacing is None:
+            spacing = chosen.spacing
+            first_interval = chosen.first_interval if first_interval is None else first_interval
         final_step = chosen.final_step if final_step is None else final_step
     entry = samplers.get(sampler)
     spacing = entry.spacing if spacing is None else spacing
     final_step = True if final_step is None else final_step
+    first_interval = 1.0 if first_interval is None else first_interval
     if ts is None:
         ts = grids.make(
             denoiser.schedule,
@@ -144,6 +149,7 @@ def sample(
             t_max=t_max,
             final_step=final_step,
             shift=shift,
+            first_interval=first_interval,
         )
     else:
         ts = grids.check(denoiser.schedule, ts)
