@@ -102,12 +102,12 @@ def _ancestral(x: Tensor, x0: Tensor, p: Point, q: Point, generator, i: int) -> 
 def _predict(
     denoiser: Denoiser, predictor: Predictor, x: Tensor, p: Point, q: Point, generator, i: int
 ) -> tuple[Tensor, Tensor]:
-    """(x_q, x0_hat at p): the predictor's step from p to q; into t = 0, x0_hat itself."""
+    """(x_q, x0_hat at p): the predictor's step from p to q; into t = 0, x0_hat itself
+    (neither that nor the ancestral step needs the score)."""
+    if q.is_data or predictor is Predictor.ANCESTRAL:
+        x0 = denoiser.at(x, p)
+        return (x0 if q.is_data else _ancestral(x, x0, p, q, generator, i)), x0
     score, x0 = _score(denoiser, x, p)
-    if q.is_data:
-        return x0, x0
-    if predictor is Predictor.ANCESTRAL:
-        return _ancestral(x, x0, p, q, generator, i), x0
     if predictor is Predictor.REVERSE_DIFFUSION:
         return _reverse_diffusion(x, score, p, q, generator, i), x0
     return _euler_maruyama_step(denoiser, x, score, p, q, generator, i), x0
