@@ -104,10 +104,10 @@ class Default:
 #: t_min, its first interval twice the others; from then on DPM-Solver++(2M) on the log-SNR
 #: grid with the final jump. Chosen in benchmarks/defaults.py (docs/design.md): on the exact
 #: mixtures at 5-14 steps the first misses fewer of the noise floors that some fixed pair
-#: reaches and has the lower mode-weight TV in every cell; from 15 steps (SHORT_GRID, where
-#: lower_order_final stops lowering 2M's last step before the jump) its log-density gap is
-#: the worse. The longer first step lowers the gap most at 5-6 steps (2-D: 6.6 -> 2.6 nats
-#: at 5) and changes nothing measurable from 12.
+#: reaches and has the lower mode-weight TV in 41 of 42 cells; from 15 steps (SHORT_GRID,
+#: where lower_order_final stops lowering 2M's last step before the jump) its log-density
+#: gap is the worse. The longer first step lowers the gap most at 5-6 steps (2-D: 6.6 -> 2.5
+#: nats at 5) and matters little from 12 on (docs/design.md, grids).
 SHORT_BUDGET = Default("unipc", Spacing.LOGSNR, final_step=False, first_interval=2.0)
 FULL_BUDGET = Default("dpm++2m", Spacing.LOGSNR, final_step=True)
 FULL_BUDGET_FROM = 15
