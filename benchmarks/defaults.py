@@ -74,8 +74,8 @@ def mixture_sets() -> list[MixtureSet]:
 
 def solver_limit(mixture, n: int, reference, draws: int = 4) -> bench.Scores:
     """What every sampler converges to with the exact denoiser: x_tmin = alpha(t_min) x0 +
-    sigma(t_min) eps (x0 from the mixture), then the final jump E[x0 | x_tmin] (DDIM's and
-    DPM-Solver's last step; Song et al. 2021, appendix D) or not. Per metric the lower of the
+    sigma(t_min) eps (x0 from the mixture), then the final jump E[x0 | x_tmin] (Tweedie's
+    formula, Efron 2011; DDIM's and DPM-Solver's last step) or not. Per metric the lower of the
     two limits' mean scores over ``draws`` draws (seeds 500 + draw)."""
     t = torch.tensor(bench.SCHEDULE.t_min, dtype=torch.float64)
     alpha, sigma = bench.SCHEDULE.alpha(t), bench.SCHEDULE.sigma(t)
