@@ -107,7 +107,7 @@ def scored_runs(mixtures: MixtureSet, n: int, csv: list[str]) -> dict:
             runs = {}
             seed = mixtures.x_t_offset + nfe
             for sampler, grid, k, x in bench.rediff_runs(
-                mixture, n, nfe, seed, tuned=False, configurations=False, defaults=True
+                mixture, n, nfe, seed, tuned=False, configurations=False
             ):
                 sc = runs[f"{sampler} ({grid})"] = bench.score(mixture, x, reference)
                 csv.append(

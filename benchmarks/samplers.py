@@ -64,6 +64,10 @@ NO_JUMP_SPACINGS = ("logsnr",)
 FULL_ORDER = ("dpm++2m-sde", "dpm++2m", "dpm++3m", "unipc", "unipc3")
 FULL = {"lower_order_final": False}
 HALVED = {"exact_d2": False}
+#: k-diffusion's dpmpp_3m (its 3M SDE sampler with eta = 0): the halved D2, the 'heun' weight
+#: on its second-order warm-up step (diffusers and the official code use 'midpoint') and
+#: never a lowered order; rediff's dpm++3m with these options gives its samples to 1e-12
+K_DIFFUSION_3M = {"exact_d2": False, "solver_type": "heun", "lower_order_final": False}
 RESULTS = Path(__file__).parent / "results" / "samplers.md"
 #: every run's scores, one row each (the tables show only each sampler's best grid)
 RUNS_CSV = RESULTS.with_name("samplers_runs.csv")
@@ -169,16 +173,16 @@ def tuned_grid(den, dim: int, steps: int, sampler: str) -> torch.Tensor:
     return tuning.optimize(den, (256, dim), steps, sampler=sampler, generator=gen)
 
 
-def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True, defaults=False):
+def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True):
     """(sampler, grid label, NFE, samples) for every rediff sampler and grid within ``nfe``
-    (``tuned=False``, ``configurations=False``: the fixed grids with default options only;
-    ``defaults``: also the budget defaults' grids, ``default_grids``)."""
+    (``tuned=False``, ``configurations=False``: the fixed grids and the budget defaults'
+    grids with default options only)."""
     den = mixture.denoiser(SCHEDULE)
     x_T = start_noise(mixture, n, seed)
     for name in REDIFF_SAMPLERS:
         entry = samplers.get(name)
         for label, ts, options in rediff_grids(
-            den, mixture.dim, nfe, name, tuned and not entry.stochastic, configurations, defaults
+            den, mixture.dim, nfe, name, tuned and not entry.stochastic, configurations
         ):
             counting = CountingDenoiser(den)
             x = entry.function(
@@ -192,13 +196,11 @@ def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True, defaults
                 yield name, label, counting.calls, x
 
 
-def rediff_grids(
-    den, dim: int, nfe: int, name: str, tuned: bool, configurations: bool, defaults: bool
-):
+def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations: bool):
     """(label, grid, options) within ``nfe`` evaluations (``Entry.steps_within``): each
-    spacing with the final jump, some without, (``tuned``: for deterministic samplers) the
-    tuned grid, (``configurations``) ``peer_configurations`` and (``defaults``)
-    ``default_grids``."""
+    spacing with the final jump, some without, the budget defaults' grids
+    (``default_grids``), (``tuned``: for deterministic samplers) the tuned grid and
+    (``configurations``) ``peer_configurations``."""
     entry = samplers.get(name)
     steps, steps_no_jump = entry.steps_within(nfe), entry.steps_within(nfe, final_step=False)
     if steps >= 1:
@@ -208,12 +210,11 @@ def rediff_grids(
         for spacing in NO_JUMP_SPACINGS:
             ts = grids.make(SCHEDULE, steps_no_jump, spacing, final_step=False)
             yield f"{spacing}, no jump", ts, {}
+    yield from default_grids(steps, steps_no_jump)
     if tuned and steps >= 1:
         yield "tuned", tuned_grid(den, dim, steps, name), {}
     if configurations and steps >= 1:
         yield from peer_configurations(name, steps, steps_no_jump)
-    if defaults:
-        yield from default_grids(steps, steps_no_jump)
 
 
 def default_grids(steps: int, steps_no_jump: int):
@@ -239,7 +240,8 @@ def peer_configurations(name: str, steps: int, steps_no_jump: int):
     below SHORT_GRID steps the FULL_ORDER samplers with ``lower_order_final=False`` on both
     log-SNR grids ('full order': k-diffusion never lowers the order, the official DPM-Solver
     only below 10 steps); from EXACT_D2_FROM steps dpm++3m with ``exact_d2=False`` on every
-    spacing ('halved D2': diffusers', k-diffusion's and the official 3M)."""
+    spacing ('halved D2': diffusers', k-diffusion's and the official 3M); and dpm++3m set as
+    k-diffusion's dpmpp_3m (``K_DIFFUSION_3M``) on its two grids."""
     if steps_no_jump >= 1:
         ts = grids.make(SCHEDULE, steps_no_jump, "uniform", final_step=False)
         yield "uniform, no jump", ts, {}
@@ -250,6 +252,10 @@ def peer_configurations(name: str, steps: int, steps_no_jump: int):
     if name == "dpm++3m" and steps >= EXACT_D2_FROM:
         for spacing in REDIFF_SPACINGS:
             yield f"{spacing}, halved D2", grids.make(SCHEDULE, steps, spacing), HALVED
+    if name == "dpm++3m":
+        for spacing in ("logsnr", "karras"):
+            ts = grids.make(SCHEDULE, steps, spacing)
+            yield f"{spacing}, as k-diffusion's 3M", ts, K_DIFFUSION_3M
 
 
 # ---- diffusers -------------------------------------------------------------------------------
@@ -621,13 +627,16 @@ def main() -> None:
         "metric between two independent exact sample sets. Each sampler is shown at its best grid "
         f"by SW2 (rediff grids: {', '.join(REDIFF_SPACINGS)} and, for deterministic samplers, "
         "`tuned` (rediff.tuning.optimize, fit on 256 other starting points), ending with the "
-        f"jump to sigma = 0, and {', '.join(NO_JUMP_SPACINGS)} without it ('no jump': the "
-        "result is x at t_min = 1/T); set as the peers run theirs: uniform without the "
+        f"jump to sigma = 0, {', '.join(NO_JUMP_SPACINGS)} without it ('no jump': the "
+        "result is x at t_min = 1/T), and the budget defaults' grids where the others lack "
+        f"them ('{samplers.SHORT_BUDGET.grid_label}', `rediff.sample`'s below "
+        f"{samplers.FULL_BUDGET_FROM} steps); set as the peers run theirs: uniform without the "
         f"jump (the official DPM-Solver's time-uniform grid), below {SHORT_GRID} steps "
         f"{', '.join(FULL_ORDER)} with `lower_order_final=False` on both log-SNR grids "
         "('full order', as k-diffusion, and the official DPM-Solver from 10 steps), from "
         f"{EXACT_D2_FROM} steps dpm++3m with `exact_d2=False` ('halved D2', as all three "
-        "peers' 3M); diffusers: trailing "
+        "peers' 3M), and dpm++3m on logsnr and karras as k-diffusion's dpmpp_3m (halved D2, "
+        "`solver_type='heun'` on its second-order warm-up step, full order); diffusers: trailing "
         "timesteps and Karras sigmas; k-diffusion: Karras "
         "and exponential sigmas). 'ref.' rows are the official DPM-Solver's and score_sde's rules "
         "written from their papers (benchmarks/peers.py). `*` = within the noise floor.",
