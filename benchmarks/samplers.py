@@ -68,6 +68,9 @@ HALVED = {"exact_d2": False}
 #: on its second-order warm-up step (diffusers and the official code use 'midpoint') and
 #: never a lowered order; rediff's dpm++3m with these options gives its samples to 1e-12
 K_DIFFUSION_3M = {"exact_d2": False, "solver_type": "heun", "lower_order_final": False}
+#: pc with the SDE-DPM-Solver++(2M) predictor, an option that is not its default
+#: (``option_configurations``)
+PC_SDE_PREDICTOR = {"predictor": "sde_dpm_solver_pp"}
 RESULTS = Path(__file__).parent / "results" / "samplers.md"
 #: every run's scores, one row each (the tables show only each sampler's best grid)
 RUNS_CSV = RESULTS.with_name("samplers_runs.csv")
@@ -200,7 +203,7 @@ def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations
     """(label, grid, options) within ``nfe`` evaluations (``Entry.steps_within``): each
     spacing with the final jump, some without, the budget defaults' grids
     (``default_grids``), (``tuned``: for deterministic samplers) the tuned grid and
-    (``configurations``) ``peer_configurations``."""
+    (``configurations``) ``peer_configurations`` and ``option_configurations``."""
     entry = samplers.get(name)
     steps, steps_no_jump = entry.steps_within(nfe), entry.steps_within(nfe, final_step=False)
     if steps >= 1:
@@ -215,6 +218,7 @@ def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations
         yield "tuned", tuned_grid(den, dim, steps, name), {}
     if configurations and steps >= 1:
         yield from peer_configurations(name, steps, steps_no_jump)
+        yield from option_configurations(name, steps, steps_no_jump)
 
 
 def default_grids(steps: int, steps_no_jump: int):
@@ -256,6 +260,19 @@ def peer_configurations(name: str, steps: int, steps_no_jump: int):
         for spacing in ("logsnr", "karras"):
             ts = grids.make(SCHEDULE, steps, spacing)
             yield f"{spacing}, as k-diffusion's 3M", ts, K_DIFFUSION_3M
+
+
+def option_configurations(name: str, steps: int, steps_no_jump: int):
+    """(label, grid, options): rediff options other than the sampler's default, on the fixed
+    spacings: pc with the SDE-DPM-Solver++(2M) predictor (``PC_SDE_PREDICTOR``)."""
+    if name != "pc":
+        return
+    label = f"predictor {PC_SDE_PREDICTOR['predictor']}"
+    for spacing in REDIFF_SPACINGS:
+        yield f"{spacing}, {label}", grids.make(SCHEDULE, steps, spacing), PC_SDE_PREDICTOR
+    for spacing in NO_JUMP_SPACINGS:
+        ts = grids.make(SCHEDULE, steps_no_jump, spacing, final_step=False)
+        yield f"{spacing}, no jump, {label}", ts, PC_SDE_PREDICTOR
 
 
 # ---- diffusers -------------------------------------------------------------------------------
@@ -636,7 +653,9 @@ def main() -> None:
         "('full order', as k-diffusion, and the official DPM-Solver from 10 steps), from "
         f"{EXACT_D2_FROM} steps dpm++3m with `exact_d2=False` ('halved D2', as all three "
         "peers' 3M), and dpm++3m on logsnr and karras as k-diffusion's dpmpp_3m (halved D2, "
-        "`solver_type='heun'` on its second-order warm-up step, full order); diffusers: trailing "
+        "`solver_type='heun'` on its second-order warm-up step, full order); and an option that "
+        "is not the default: pc with `predictor='sde_dpm_solver_pp'` on the fixed spacings; "
+        "diffusers: trailing "
         "timesteps and Karras sigmas; k-diffusion: Karras "
         "and exponential sigmas). 'ref.' rows are the official DPM-Solver's and score_sde's rules "
         "written from their papers (benchmarks/peers.py). `*` = within the noise floor.",

@@ -312,6 +312,13 @@ STOCHASTIC = [
         (500, "uniform"),
     ),
     (
+        "pc-sde-dpm-solver-pp-vp",
+        "vp",
+        samplers.predictor_corrector,
+        {"predictor": "sde_dpm_solver_pp"},
+        (500, "uniform"),
+    ),
+    (
         "annealed-langevin",
         "ve",
         samplers.annealed_langevin,
@@ -369,6 +376,24 @@ def test_pc_without_corrector_is_ddpm(mixture):
     ddpm = run(samplers.ddpm)
     assert torch.equal(run(samplers.predictor_corrector, corrector_steps=0), ddpm)
     assert not torch.allclose(run(samplers.predictor_corrector), ddpm)
+
+
+def test_pc_with_the_sde_dpm_solver_predictor_and_no_corrector_is_dpm_solver_pp_2m_sde(mixture):
+    """The sde_dpm_solver_pp predictor is SDE-DPM-Solver++(2M) (first order until it knows
+    two outputs, never lowered at the end): with no corrector steps pc draws exactly what
+    dpm_solver_pp(order=2, sde=True, lower_order_final=False) draws from the same noise."""
+    sched = schedules.LinearVP()
+    den = mixture.denoiser(sched)
+    ts = grids.make(sched, 12, "logsnr")
+    x_T = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def run(sampler, **options):
+        return sampler(den, x_T, ts, generator=torch.Generator().manual_seed(1), **options)
+
+    sde = run(samplers.dpm_solver_pp, order=2, sde=True, lower_order_final=False)
+    predictor = {"predictor": "sde_dpm_solver_pp"}
+    assert torch.equal(run(samplers.predictor_corrector, corrector_steps=0, **predictor), sde)
+    assert not torch.allclose(run(samplers.predictor_corrector, **predictor), sde)
 
 
 # ---- weak order of the stochastic samplers, from exact moments -----------------------------

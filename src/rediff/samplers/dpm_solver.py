@@ -166,7 +166,7 @@ def _pp_ode_step(
     return x_next + q.alpha * phi_2 * d1 - q.alpha * phi_3 * d2
 
 
-def _pp_sde_step(
+def pp_sde_step(
     x: Combination, history, p: Point, q: Point, order: int, solver_type: SolverType, z: Tensor
 ) -> Combination:
     """SDE-DPM-Solver++ (Lu et al. 2022b, section 5), k = 1 - e^{-2h}, D' = D1 / h:
@@ -220,7 +220,7 @@ def dpm_solver_pp(
         step_order = multistep_order(order, len(history), i, q, counted)
         if sde and not q.is_data:
             z = noise_like(x, generator, i, p, q)
-            x = _pp_sde_step(Combination.of(x), history, p, q, step_order, solver_type, z)
+            x = pp_sde_step(Combination.of(x), history, p, q, step_order, solver_type, z)
         else:
             x = _pp_ode_step(Combination.of(x), history, p, q, step_order, solver_type, exact_d2)
         x = x.value()

@@ -13,12 +13,21 @@ import itertools
 import math
 
 from rediff._choices import Choice
-from rediff._tensor import Tensor
+from rediff._tensor import Combination, Tensor
 from rediff.model import Denoiser
 from rediff.noise import Randomness
 from rediff.parametrization import Target
-from rediff.samplers._common import Callback, check_positive, evaluate, noise_like, notify, working
+from rediff.samplers._common import (
+    Callback,
+    check_positive,
+    evaluate,
+    noise_like,
+    notify,
+    push,
+    working,
+)
 from rediff.samplers.ancestral import family_step
+from rediff.samplers.dpm_solver import SolverType, pp_sde_step
 from rediff.transitions import Point, points, posterior_variance, transition_variance
 
 
@@ -57,11 +66,14 @@ def euler_maruyama(
 
 class Predictor(Choice):
     """The predictor of ``predictor_corrector``: DDPM's ancestral step (the default; measured:
-    docs/design.md), reverse diffusion, or Euler-Maruyama."""
+    docs/design.md), reverse diffusion, Euler-Maruyama, or SDE-DPM-Solver++(2M) (Lu et al.
+    2022b, section 5; multistep: it reuses the previous predictor step's x0_hat, so it is
+    weakly second order at one evaluation a step)."""
 
     ANCESTRAL = "ancestral"
     REVERSE_DIFFUSION = "reverse_diffusion"
     EULER_MARUYAMA = "euler_maruyama"
+    SDE_DPM_SOLVER_PP = "sde_dpm_solver_pp"
 
 
 def _langevin_step(
@@ -99,18 +111,40 @@ def _ancestral(x: Tensor, x0: Tensor, p: Point, q: Point, generator, i: int) -> 
     )
 
 
+def _sde_dpm_solver_pp(x: Tensor, history: list, p: Point, q: Point, generator, i: int) -> Tensor:
+    """SDE-DPM-Solver++(2M) predictor (``dpm_solver.pp_sde_step``, the 'midpoint' weight):
+    second order once ``history`` (the predictor's (lam, x0_hat) pairs, x0 at p last) holds
+    two outputs, first order before."""
+    z = noise_like(x, generator, i, p, q)
+    step = pp_sde_step(Combination.of(x), history, p, q, len(history), SolverType.MIDPOINT, z)
+    return step.value()
+
+
 def _predict(
-    denoiser: Denoiser, predictor: Predictor, x: Tensor, p: Point, q: Point, generator, i: int
-) -> tuple[Tensor, Tensor]:
-    """(x_q, x0_hat at p): the predictor's step from p to q; into t = 0, x0_hat itself
-    (neither that nor the ancestral step needs the score)."""
-    if q.is_data or predictor is Predictor.ANCESTRAL:
+    denoiser: Denoiser,
+    predictor: Predictor,
+    x: Tensor,
+    p: Point,
+    q: Point,
+    generator,
+    i: int,
+    history: list,
+) -> tuple[Tensor, Tensor, list]:
+    """(x_q, x0_hat at p, history): the predictor's step from p to q; into t = 0, x0_hat
+    itself (neither that nor the ancestral and SDE-DPM-Solver++ steps need the score).
+    ``history`` keeps the last two (lam, x0_hat) of the multistep predictor."""
+    if q.is_data or predictor in (Predictor.ANCESTRAL, Predictor.SDE_DPM_SOLVER_PP):
         x0 = denoiser.at(x, p)
-        return (x0 if q.is_data else _ancestral(x, x0, p, q, generator, i)), x0
+        if q.is_data:
+            return x0, x0, history
+        if predictor is Predictor.ANCESTRAL:
+            return _ancestral(x, x0, p, q, generator, i), x0, history
+        history = push(history, (p.lam, Combination.of(x0)), 2)
+        return _sde_dpm_solver_pp(x, history, p, q, generator, i), x0, history
     score, x0 = _score(denoiser, x, p)
     if predictor is Predictor.REVERSE_DIFFUSION:
-        return _reverse_diffusion(x, score, p, q, generator, i), x0
-    return _euler_maruyama_step(denoiser, x, score, p, q, generator, i), x0
+        return _reverse_diffusion(x, score, p, q, generator, i), x0, history
+    return _euler_maruyama_step(denoiser, x, score, p, q, generator, i), x0, history
 
 
 def predictor_corrector(
@@ -132,11 +166,11 @@ def predictor_corrector(
     if not isinstance(corrector_steps, int) or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
     grid, x_in = points(denoiser.schedule, ts), x
-    x = working(x)
+    x, history = working(x), []
     for i, (p, q) in enumerate(itertools.pairwise(grid)):
         for _ in range(corrector_steps):
             x = _langevin_step(denoiser, x, p, (p.alpha / q.alpha) ** 2, snr, generator, i)
-        x, x0 = _predict(denoiser, predictor, x, p, q, generator, i)
+        x, x0, history = _predict(denoiser, predictor, x, p, q, generator, i, history)
         notify(callback, i, p, q, x, x0)
     return x.to(x_in.dtype)
 
