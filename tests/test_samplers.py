@@ -361,39 +361,38 @@ def test_stochastic_samplers_match_gaussian_moments(name, schedule_name, sampler
     assert ((torch.cov(x.T) - GAUSS_COV).abs() < 4 * cov_se).all(), (name, torch.cov(x.T))
 
 
-def test_pc_without_corrector_is_ddpm(mixture):
-    """The ancestral predictor is DDPM's step (Ho et al. 2020, algorithm 2, sigma^2 = beta):
-    with no corrector steps, pc draws exactly what ddpm draws from the same noise; the
-    Langevin corrector changes it."""
+PC_PREDICTORS_ALONE = [
+    ("ancestral", samplers.ddpm, {}),
+    (
+        "sde_dpm_solver_pp",
+        samplers.dpm_solver_pp,
+        {"order": 2, "sde": True, "lower_order_final": False},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("predictor", "sampler", "options"),
+    PC_PREDICTORS_ALONE,
+    ids=[p[0] for p in PC_PREDICTORS_ALONE],
+)
+def test_pc_without_corrector_is_its_predictors_sampler(mixture, predictor, sampler, options):
+    """With no corrector steps pc draws exactly what its predictor's own sampler draws from
+    the same noise: the ancestral predictor is DDPM's step (Ho et al. 2020, algorithm 2,
+    sigma^2 = beta); sde_dpm_solver_pp is SDE-DPM-Solver++(2M), first order until it knows
+    two outputs and never lowered at the end. The Langevin corrector changes either."""
     sched = schedules.LinearVP()
     den = mixture.denoiser(sched)
     ts = grids.make(sched, 12, "logsnr")
     x_T = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
 
-    def run(sampler, **options):
-        return sampler(den, x_T, ts, generator=torch.Generator().manual_seed(1), **options)
+    def run(function, **kwargs):
+        return function(den, x_T, ts, generator=torch.Generator().manual_seed(1), **kwargs)
 
-    ddpm = run(samplers.ddpm)
-    assert torch.equal(run(samplers.predictor_corrector, corrector_steps=0), ddpm)
-    assert not torch.allclose(run(samplers.predictor_corrector), ddpm)
-
-
-def test_pc_with_the_sde_dpm_solver_predictor_and_no_corrector_is_dpm_solver_pp_2m_sde(mixture):
-    """The sde_dpm_solver_pp predictor is SDE-DPM-Solver++(2M) (first order until it knows
-    two outputs, never lowered at the end): with no corrector steps pc draws exactly what
-    dpm_solver_pp(order=2, sde=True, lower_order_final=False) draws from the same noise."""
-    sched = schedules.LinearVP()
-    den = mixture.denoiser(sched)
-    ts = grids.make(sched, 12, "logsnr")
-    x_T = sched.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
-
-    def run(sampler, **options):
-        return sampler(den, x_T, ts, generator=torch.Generator().manual_seed(1), **options)
-
-    sde = run(samplers.dpm_solver_pp, order=2, sde=True, lower_order_final=False)
-    predictor = {"predictor": "sde_dpm_solver_pp"}
-    assert torch.equal(run(samplers.predictor_corrector, corrector_steps=0, **predictor), sde)
-    assert not torch.allclose(run(samplers.predictor_corrector, **predictor), sde)
+    alone = run(sampler, **options)
+    pc = samplers.predictor_corrector
+    assert torch.equal(run(pc, corrector_steps=0, predictor=predictor), alone)
+    assert not torch.allclose(run(pc, predictor=predictor), alone)
 
 
 # ---- weak order of the stochastic samplers, from exact moments -----------------------------
