@@ -206,19 +206,27 @@ def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations
     (``configurations``) ``peer_configurations`` and ``option_configurations``."""
     entry = samplers.get(name)
     steps, steps_no_jump = entry.steps_within(nfe), entry.steps_within(nfe, final_step=False)
-    if steps >= 1:
-        for spacing in REDIFF_SPACINGS:
-            yield spacing, grids.make(SCHEDULE, steps, spacing), {}
-    if steps_no_jump >= 1:
-        for spacing in NO_JUMP_SPACINGS:
-            ts = grids.make(SCHEDULE, steps_no_jump, spacing, final_step=False)
-            yield f"{spacing}, no jump", ts, {}
+    for label, ts in fixed_grids(steps, steps_no_jump):
+        yield label, ts, {}
     yield from default_grids(steps, steps_no_jump)
     if tuned and steps >= 1:
         yield "tuned", tuned_grid(den, dim, steps, name), {}
     if configurations and steps >= 1:
         yield from peer_configurations(name, steps, steps_no_jump)
         yield from option_configurations(name, steps, steps_no_jump)
+
+
+def fixed_grids(steps: int, steps_no_jump: int):
+    """(label, grid): each of REDIFF_SPACINGS with the final jump, NO_JUMP_SPACINGS without."""
+    if steps >= 1:
+        for spacing in REDIFF_SPACINGS:
+            yield spacing, grids.make(SCHEDULE, steps, spacing)
+    if steps_no_jump >= 1:
+        for spacing in NO_JUMP_SPACINGS:
+            yield (
+                f"{spacing}, no jump",
+                grids.make(SCHEDULE, steps_no_jump, spacing, final_step=False),
+            )
 
 
 def default_grids(steps: int, steps_no_jump: int):
@@ -267,12 +275,8 @@ def option_configurations(name: str, steps: int, steps_no_jump: int):
     spacings: pc with the SDE-DPM-Solver++(2M) predictor (``PC_SDE_PREDICTOR``)."""
     if name != "pc":
         return
-    label = f"predictor {PC_SDE_PREDICTOR['predictor']}"
-    for spacing in REDIFF_SPACINGS:
-        yield f"{spacing}, {label}", grids.make(SCHEDULE, steps, spacing), PC_SDE_PREDICTOR
-    for spacing in NO_JUMP_SPACINGS:
-        ts = grids.make(SCHEDULE, steps_no_jump, spacing, final_step=False)
-        yield f"{spacing}, no jump, {label}", ts, PC_SDE_PREDICTOR
+    for label, ts in fixed_grids(steps, steps_no_jump):
+        yield f"{label}, predictor {PC_SDE_PREDICTOR['predictor']}", ts, PC_SDE_PREDICTOR
 
 
 # ---- diffusers -------------------------------------------------------------------------------

@@ -64,9 +64,8 @@ def _check_steps(steps: int) -> None:
 
 
 def _unit_points(n: int, first_interval: float) -> Tensor:
-    """n points u from 1 down to 0, the first interval ``first_interval`` times the others."""
-    if n == 1:
-        return torch.ones(1, dtype=torch.float64)
+    """n points u from 1 down to 0, the first interval ``first_interval`` times the others
+    (n = 1: u = 1 alone)."""
     rest = torch.arange(n - 2, -1, -1, dtype=torch.float64) / (n - 2 + first_interval)
     return torch.cat([torch.ones(1, dtype=torch.float64), rest])
 
