@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/guidance.py               # writes results/guidance.md and
                                                           # results/guidance_tradeoff.png
     .venv/bin/python benchmarks/guidance.py --steps 500   # a quick check
+    .venv/bin/python benchmarks/guidance.py --part inpainting   # part 2 only, in place
 
 Part 1 trains, on this machine's CPU, the class-conditional digits model of
 configs/digits_cfg.toml (10 % label dropout) and the noise-conditional classifier of
@@ -176,27 +177,53 @@ def inpainting_rows() -> list[str]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4000, help="training steps of the model")
-    args = parser.parse_args()
+HEAD = ["# Guidance and inpainting", ""]
+INPAINTING_TITLE = "## Inpainting a 4-D Gaussian (exact denoiser, VP SDE)"
+
+
+def measured(command: str) -> str:
+    """The line that says when, where and by which command a part was measured."""
+    return (
+        f"Measured {date.today()} on {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, by `{command}`. "
+        "Method: see the script's docstring."
+    )
+
+
+def inpainting_section() -> list[str]:
+    """Part 2: the table of inpainting errors, headed by its own measured line."""
+    return [
+        INPAINTING_TITLE,
+        "",
+        measured("python benchmarks/guidance.py --part inpainting"),
+        "",
+        "Largest error of the imputed coordinates' mean / covariance against the closed-form "
+        "conditional, and the NFE, by RePaint passes per segment (jump 1). Sampling error is "
+        "about 0.01.",
+        "",
+        "| sampler | steps | "
+        + " | ".join(f"{p} pass{'es' if p > 1 else ''}" for p in PASSES)
+        + " |",
+        "|---|---|" + "---|" * len(PASSES),
+        *inpainting_rows(),
+    ]
+
+
+def guidance_section(steps: int) -> list[str]:
+    """Part 1: train, sample with guidance, plot; the table headed by its measured line (and
+    a blank line after it)."""
     with tempfile.TemporaryDirectory() as tmp:
-        _, model, classifier = train_models(args.steps, Path(tmp))
+        _, model, classifier = train_models(steps, Path(tmp))
     with torch.no_grad():
         results = measure(model, classifier)
     floor = digits.digits_frechet_floor()
     held_out = digits.digits_accuracy(*data.digits_split("held_out"))
     plot_tradeoff(results, floor, RESULTS / "guidance_tradeoff.png")
     lines = [
-        "# Guidance and inpainting",
+        f"## Class-conditional digits ({steps} training steps; classifier "
+        f"{max(steps // 2, 1)} steps)",
         "",
-        f"Measured {date.today()} on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, by "
-        f"`python benchmarks/guidance.py --steps {args.steps}`. Method: see the script's "
-        "docstring.",
-        "",
-        f"## Class-conditional digits ({args.steps} training steps; classifier "
-        f"{max(args.steps // 2, 1)} steps)",
+        measured(f"python benchmarks/guidance.py --steps {steps} --part guidance"),
         "",
         f"Accuracy of the digits classifier on 360 guided samples and their Frechet distance, "
         f"mean +- standard error over {len(SEEDS)} seeds. Real held-out digits: accuracy "
@@ -209,22 +236,40 @@ def main() -> None:
     ]
     for (kind, sampler, scale), (accuracy, fd) in results.items():
         lines.append(f"| {kind} | {sampler} | {scale:g} | {_cell(accuracy, 3)} | {_cell(fd, 1)} |")
-    lines += [
-        "",
-        "## Inpainting a 4-D Gaussian (exact denoiser, VP SDE)",
-        "",
-        "Largest error of the imputed coordinates' mean / covariance against the closed-form "
-        "conditional, and the NFE, by RePaint passes per segment (jump 1). Sampling error is "
-        "about 0.01.",
-        "",
-        "| sampler | steps | "
-        + " | ".join(f"{p} pass{'es' if p > 1 else ''}" for p in PASSES)
-        + " |",
-        "|---|---|" + "---|" * len(PASSES),
-        *inpainting_rows(),
-    ]
+    return [*lines, ""]
+
+
+def split_sections(path: Path) -> tuple[list[str], list[str]]:
+    """(part 1's lines, part 2's lines) of an existing guidance.md, below its HEAD."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    if lines[: len(HEAD)] != HEAD or INPAINTING_TITLE not in lines:
+        raise SystemExit(f"{path} is not this script's two-part output: run with --part all")
+    cut = lines.index(INPAINTING_TITLE)
+    return lines[len(HEAD) : cut], lines[cut:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4000, help="training steps of the model")
+    parser.add_argument(
+        "--part",
+        choices=("all", "guidance", "inpainting"),
+        default="all",
+        help="measure both parts, or one and keep the other's section of guidance.md",
+    )
+    args = parser.parse_args()
+    path = RESULTS / "guidance.md"
+    if args.part == "all":
+        first, second = guidance_section(args.steps), inpainting_section()
+    else:
+        first, second = split_sections(path)
+        if args.part == "guidance":
+            first = guidance_section(args.steps)
+        else:
+            second = inpainting_section()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "guidance.md").write_text("\n".join(lines) + "\n")
+    lines = HEAD + first + second
+    path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -68,9 +68,9 @@ HALVED = {"exact_d2": False}
 #: on its second-order warm-up step (diffusers and the official code use 'midpoint') and
 #: never a lowered order; rediff's dpm++3m with these options gives its samples to 1e-12
 K_DIFFUSION_3M = {"exact_d2": False, "solver_type": "heun", "lower_order_final": False}
-#: pc with the SDE-DPM-Solver++(2M) predictor, an option that is not its default
+#: pc with DDPM's ancestral predictor, an option that is not its default
 #: (``option_configurations``)
-PC_SDE_PREDICTOR = {"predictor": "sde_dpm_solver_pp"}
+PC_ANCESTRAL = {"predictor": "ancestral"}
 RESULTS = Path(__file__).parent / "results" / "samplers.md"
 #: every run's scores, one row each (the tables show only each sampler's best grid)
 RUNS_CSV = RESULTS.with_name("samplers_runs.csv")
@@ -202,13 +202,12 @@ def rediff_runs(mixture, n, nfe, seed, tuned=True, configurations=True):
 def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations: bool):
     """(label, grid, options) within ``nfe`` evaluations (``Entry.steps_within``): each
     spacing with the final jump, some without, the budget defaults' grids
-    (``default_grids``), (``tuned``: for deterministic samplers) the tuned grid and
+    (``named_grids``), (``tuned``: for deterministic samplers) the tuned grid and
     (``configurations``) ``peer_configurations`` and ``option_configurations``."""
     entry = samplers.get(name)
     steps, steps_no_jump = entry.steps_within(nfe), entry.steps_within(nfe, final_step=False)
-    for label, ts in fixed_grids(steps, steps_no_jump):
+    for label, ts in named_grids(steps, steps_no_jump):
         yield label, ts, {}
-    yield from default_grids(steps, steps_no_jump)
     if tuned and steps >= 1:
         yield "tuned", tuned_grid(den, dim, steps, name), {}
     if configurations and steps >= 1:
@@ -216,8 +215,10 @@ def rediff_grids(den, dim: int, nfe: int, name: str, tuned: bool, configurations
         yield from option_configurations(name, steps, steps_no_jump)
 
 
-def fixed_grids(steps: int, steps_no_jump: int):
-    """(label, grid): each of REDIFF_SPACINGS with the final jump, NO_JUMP_SPACINGS without."""
+def named_grids(steps: int, steps_no_jump: int):
+    """(label, grid): each of REDIFF_SPACINGS with the final jump, NO_JUMP_SPACINGS without,
+    then the budget defaults' grids (``samplers.SHORT_BUDGET``, ``FULL_BUDGET``) that those
+    do not already give."""
     if steps >= 1:
         for spacing in REDIFF_SPACINGS:
             yield spacing, grids.make(SCHEDULE, steps, spacing)
@@ -227,11 +228,6 @@ def fixed_grids(steps: int, steps_no_jump: int):
                 f"{spacing}, no jump",
                 grids.make(SCHEDULE, steps_no_jump, spacing, final_step=False),
             )
-
-
-def default_grids(steps: int, steps_no_jump: int):
-    """(label, grid, options): the budget defaults' grids (``samplers.SHORT_BUDGET``,
-    ``FULL_BUDGET``) that the fixed spacings above do not already give."""
     for choice in (samplers.SHORT_BUDGET, samplers.FULL_BUDGET):
         given = REDIFF_SPACINGS if choice.final_step else NO_JUMP_SPACINGS
         k = steps if choice.final_step else steps_no_jump
@@ -243,7 +239,7 @@ def default_grids(steps: int, steps_no_jump: int):
                 final_step=choice.final_step,
                 first_interval=choice.first_interval,
             )
-            yield choice.grid_label, ts, {}
+            yield choice.grid_label, ts
 
 
 def peer_configurations(name: str, steps: int, steps_no_jump: int):
@@ -271,12 +267,12 @@ def peer_configurations(name: str, steps: int, steps_no_jump: int):
 
 
 def option_configurations(name: str, steps: int, steps_no_jump: int):
-    """(label, grid, options): rediff options other than the sampler's default, on the fixed
-    spacings: pc with the SDE-DPM-Solver++(2M) predictor (``PC_SDE_PREDICTOR``)."""
+    """(label, grid, options): rediff options other than the sampler's default, on the named
+    grids: pc with DDPM's ancestral predictor (``PC_ANCESTRAL``)."""
     if name != "pc":
         return
-    for label, ts in fixed_grids(steps, steps_no_jump):
-        yield f"{label}, predictor {PC_SDE_PREDICTOR['predictor']}", ts, PC_SDE_PREDICTOR
+    for label, ts in named_grids(steps, steps_no_jump):
+        yield f"{label}, predictor {PC_ANCESTRAL['predictor']}", ts, PC_ANCESTRAL
 
 
 # ---- diffusers -------------------------------------------------------------------------------
@@ -658,7 +654,8 @@ def main() -> None:
         f"{EXACT_D2_FROM} steps dpm++3m with `exact_d2=False` ('halved D2', as all three "
         "peers' 3M), and dpm++3m on logsnr and karras as k-diffusion's dpmpp_3m (halved D2, "
         "`solver_type='heun'` on its second-order warm-up step, full order); and an option that "
-        "is not the default: pc with `predictor='sde_dpm_solver_pp'` on the fixed spacings; "
+        "is not the default: pc with `predictor='ancestral'` on the spacings and budget "
+        "defaults' grids; "
         "diffusers: trailing "
         "timesteps and Karras sigmas; k-diffusion: Karras "
         "and exponential sigmas). 'ref.' rows are the official DPM-Solver's and score_sde's rules "

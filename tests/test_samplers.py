@@ -312,10 +312,10 @@ STOCHASTIC = [
         (500, "uniform"),
     ),
     (
-        "pc-sde-dpm-solver-pp-vp",
+        "pc-ancestral-vp",
         "vp",
         samplers.predictor_corrector,
-        {"predictor": "sde_dpm_solver_pp"},
+        {"predictor": "ancestral"},
         (500, "uniform"),
     ),
     (
